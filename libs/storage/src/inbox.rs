@@ -1,0 +1,144 @@
+//! The receiving side of events: apply each event exactly once.
+//!
+//! [`EventInbox`] implements `EventConsumerService` for a service. For every
+//! delivered event it opens a transaction, records the event id in
+//! `consumed_events` and applies the event through the service's
+//! [`EventHandler`] — both or neither commit — so redeliveries change
+//! nothing. Only the internal credential may deliver events, and each event
+//! is applied for its own shop.
+
+use std::sync::Arc;
+
+use huitou_proto::events::v1::event_consumer_service_server::EventConsumerService;
+use huitou_proto::events::v1::{DeliverEventsRequest, DeliverEventsResponse, EventEnvelope};
+use huitou_runtime::auth::{BoxFuture, Role, caller};
+use huitou_runtime::{Failure, telemetry};
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use crate::db::{Database, WriteTx};
+use crate::error::StorageError;
+use crate::now_micros;
+
+/// Most events accepted in one delivery.
+pub const MAX_BATCH: usize = 500;
+
+/// A service's reaction to events.
+pub trait EventHandler: Send + Sync + 'static {
+    /// The consumer's name in `consumed_events`, e.g. `loyalty`.
+    fn consumer(&self) -> &'static str;
+
+    /// Applies one event inside `tx`. An error rolls the event back and makes
+    /// the relay retry the batch.
+    fn apply<'a>(
+        &'a self,
+        tx: &'a WriteTx,
+        event: &'a EventEnvelope,
+    ) -> BoxFuture<'a, Result<(), Failure>>;
+}
+
+/// Records `event_id` as consumed in `tx`; false when it already was.
+pub async fn first_delivery(
+    tx: &WriteTx,
+    consumer: &str,
+    shop_id: &str,
+    event_id: &str,
+) -> Result<bool, StorageError> {
+    let inserted = tx
+        .execute(
+            "INSERT INTO consumed_events (shop_id, consumer, event_id, consumed_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (shop_id, consumer, event_id) DO NOTHING",
+            vec![shop_id.into(), consumer.into(), event_id.into(), now_micros().into()],
+        )
+        .await?;
+    Ok(inserted == 1)
+}
+
+/// `EventConsumerService` for one handler.
+pub struct EventInbox<H> {
+    db: Database,
+    handler: Arc<H>,
+}
+
+impl<H: EventHandler> EventInbox<H> {
+    /// An inbox writing to `db`.
+    pub fn new(db: Database, handler: Arc<H>) -> Self {
+        Self { db, handler }
+    }
+
+    /// Applies one event once; true when applied now, false when a duplicate.
+    pub async fn apply_once(&self, event: &EventEnvelope) -> Result<bool, Failure> {
+        let span = tracing::info_span!(
+            "event.apply",
+            consumer = self.handler.consumer(),
+            event_type = event.event_type(),
+            event_id = %event.event_id,
+            shop_id = %event.shop_id,
+        );
+        telemetry::adopt_stored_parent(&span, &event.traceparent, &event.tracestate);
+        async {
+            let tx = self.db.begin().await?;
+            if !first_delivery(
+                &tx,
+                self.handler.consumer(),
+                &event.shop_id,
+                &event.event_id,
+            )
+            .await?
+            {
+                return Ok(false);
+            }
+            self.handler.apply(&tx, event).await?;
+            tx.commit().await?;
+            Ok(true)
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+#[tonic::async_trait]
+impl<H: EventHandler> EventConsumerService for EventInbox<H> {
+    async fn deliver_events(
+        &self,
+        request: Request<DeliverEventsRequest>,
+    ) -> Result<Response<DeliverEventsResponse>, Status> {
+        let who = caller(&request)?;
+        if who.role != Role::Internal {
+            return Err(Failure::permission_denied("only Huitou services deliver events").into());
+        }
+        let events = request.into_inner().events;
+        if events.len() > MAX_BATCH {
+            return Err(
+                Failure::invalid_field("events", format!("at most {MAX_BATCH} per call")).into(),
+            );
+        }
+        let mut response = DeliverEventsResponse::default();
+        for event in &events {
+            if event.event_id.is_empty() || event.shop_id.is_empty() {
+                return Err(Failure::invalid_field(
+                    "events",
+                    "every event needs an event_id and a shop_id",
+                )
+                .into());
+            }
+            if self.apply_once(event).await? {
+                response.applied_count += 1;
+            } else {
+                response.duplicate_count += 1;
+            }
+        }
+        Ok(Response::new(response))
+    }
+}
+
+/// Forgets consumed event ids older than `retention` (far longer than any
+/// redelivery can take).
+pub async fn sweep(db: &Database, retention: std::time::Duration) -> Result<u64, StorageError> {
+    let cutoff = now_micros() - retention.as_micros() as i64;
+    db.execute(
+        "DELETE FROM consumed_events WHERE consumed_at < $1",
+        vec![cutoff.into()],
+    )
+    .await
+}

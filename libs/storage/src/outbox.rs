@@ -1,0 +1,494 @@
+//! The transactional outbox and its relay.
+//!
+//! A service writes each event into `outbox_events` in the same transaction
+//! as the change it describes ([`append`]), so an event exists exactly when
+//! its change does. The [`Relay`] reads pending events in order and delivers
+//! them over gRPC (`huitou.events.v1.EventConsumerService/DeliverEvents`) to
+//! every subscriber of their type, marking them dispatched only when all
+//! subscribers acknowledged. A failed delivery is retried with exponential
+//! back-off and jitter, across restarts (the state is in the table); after
+//! `max_attempts` an event is parked as dead (kept, logged, counted) so one
+//! poison event cannot stop the stream. Delivery is at least once; consumers
+//! deduplicate by event id (see [`crate::inbox`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use huitou_proto::events::v1::event_consumer_service_client::EventConsumerServiceClient;
+use huitou_proto::events::v1::{DeliverEventsRequest, EventEnvelope};
+use huitou_runtime::client::{InternalCredential, channel, for_shop};
+use huitou_runtime::telemetry;
+use prost::Message;
+use sea_orm::{ConnectionTrait, FromQueryResult, Statement, Value};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tracing::Instrument;
+
+use crate::db::{Database, WriteTx};
+use crate::error::StorageError;
+use crate::now_micros;
+
+/// A service that receives some of this service's events.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Subscriber {
+    /// A name for logs, e.g. `loyalty`.
+    pub name: String,
+    /// Its gRPC address, e.g. `http://loyalty:50051`.
+    pub endpoint: String,
+    /// Event types it wants (`order.paid`, ...); empty for all.
+    #[serde(default)]
+    pub event_types: Vec<String>,
+}
+
+impl Subscriber {
+    fn wants(&self, event_type: &str) -> bool {
+        self.event_types.is_empty() || self.event_types.iter().any(|t| t == event_type)
+    }
+}
+
+/// Relay settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// Who gets which events.
+    pub subscribers: Vec<Subscriber>,
+    /// Events per delivery call.
+    pub batch_size: u32,
+    /// How often to look for events when not woken by a local write, in ms.
+    pub poll_interval_ms: u64,
+    /// Deadline of one delivery call, in ms.
+    pub delivery_timeout_ms: u64,
+    /// First retry delay, in ms; doubles per attempt.
+    pub retry_base_ms: u64,
+    /// Longest retry delay, in ms.
+    pub retry_max_ms: u64,
+    /// Attempts before an event is parked as dead.
+    pub max_attempts: u32,
+    /// How long dispatched events are kept for inspection and replay, in hours.
+    pub retention_hours: u64,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            subscribers: Vec::new(),
+            batch_size: 200,
+            poll_interval_ms: 500,
+            delivery_timeout_ms: 10_000,
+            retry_base_ms: 500,
+            retry_max_ms: 300_000,
+            max_attempts: 50,
+            retention_hours: 72,
+        }
+    }
+}
+
+impl OutboxConfig {
+    /// Problems with the settings under `section`.
+    pub fn problems(&self, section: &str) -> Vec<String> {
+        let mut p = Vec::new();
+        for (i, s) in self.subscribers.iter().enumerate() {
+            if s.name.is_empty() {
+                p.push(format!(
+                    "{section}.subscribers[{i}].name: must not be empty"
+                ));
+            }
+            if !(s.endpoint.starts_with("http://") || s.endpoint.starts_with("https://")) {
+                p.push(format!(
+                    "{section}.subscribers[{i}].endpoint: must start with http:// or https://"
+                ));
+            }
+        }
+        if !(1..=500).contains(&self.batch_size) {
+            p.push(format!("{section}.batch_size: must be 1-500"));
+        }
+        if !(10..=60_000).contains(&self.poll_interval_ms) {
+            p.push(format!("{section}.poll_interval_ms: must be 10-60000"));
+        }
+        if self.retry_base_ms == 0 || self.retry_max_ms < self.retry_base_ms {
+            p.push(format!(
+                "{section}.retry_max_ms: must be at least retry_base_ms, which must be > 0"
+            ));
+        }
+        if self.max_attempts == 0 {
+            p.push(format!("{section}.max_attempts: must be at least 1"));
+        }
+        p
+    }
+}
+
+/// Writes events and wakes the relay after commit.
+#[derive(Clone, Default)]
+pub struct Outbox {
+    wake: Arc<Notify>,
+}
+
+impl Outbox {
+    /// A new outbox handle.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Tells the relay there is something new (call after commit).
+    pub fn notify(&self) {
+        self.wake.notify_one();
+    }
+}
+
+/// Stores `event` in `tx`. Fills in the trace context of the current span
+/// when the event has none, so the consumer's work joins the same trace.
+pub async fn append(tx: &WriteTx, mut event: EventEnvelope) -> Result<(), StorageError> {
+    if event.traceparent.is_empty() {
+        let (traceparent, tracestate) = telemetry::current_trace_headers();
+        event.traceparent = traceparent;
+        event.tracestate = tracestate;
+    }
+    let event_type = event.event_type();
+    tx.execute(
+        "INSERT INTO outbox_events (event_id, shop_id, event_type, payload, created_at)
+         VALUES ($1, $2, $3, $4, $5)",
+        vec![
+            event.event_id.clone().into(),
+            event.shop_id.clone().into(),
+            event_type.into(),
+            Value::Bytes(Some(event.encode_to_vec())),
+            now_micros().into(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Stores many events in `tx` with one statement per chunk.
+pub async fn append_many(tx: &WriteTx, events: Vec<EventEnvelope>) -> Result<(), StorageError> {
+    const CHUNK: usize = 500;
+    let (traceparent, tracestate) = telemetry::current_trace_headers();
+    let now = now_micros();
+    let mut events = events.into_iter().peekable();
+    while events.peek().is_some() {
+        let chunk: Vec<EventEnvelope> = events.by_ref().take(CHUNK).collect();
+        let mut sql = String::from(
+            "INSERT INTO outbox_events (event_id, shop_id, event_type, payload, created_at) VALUES ",
+        );
+        let mut values = Vec::with_capacity(chunk.len() * 5);
+        for (i, mut event) in chunk.into_iter().enumerate() {
+            if event.traceparent.is_empty() {
+                event.traceparent = traceparent.clone();
+                event.tracestate = tracestate.clone();
+            }
+            let n = i * 5;
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!(
+                "(${},${},${},${},${})",
+                n + 1,
+                n + 2,
+                n + 3,
+                n + 4,
+                n + 5
+            ));
+            values.push(event.event_id.clone().into());
+            values.push(event.shop_id.clone().into());
+            values.push(event.event_type().into());
+            values.push(Value::Bytes(Some(event.encode_to_vec())));
+            values.push(now.into());
+        }
+        tx.execute(&sql, values).await?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, FromQueryResult)]
+struct PendingRow {
+    seq: i64,
+    event_type: String,
+    payload: Vec<u8>,
+    attempts: i32,
+}
+
+type ConsumerClient = EventConsumerServiceClient<InterceptedService<Channel, InternalCredential>>;
+
+/// Delivers outbox events to subscribers until stopped.
+pub struct Relay {
+    db: Database,
+    config: OutboxConfig,
+    wake: Arc<Notify>,
+    subscribers: Vec<(Subscriber, ConsumerClient)>,
+    service_name: &'static str,
+}
+
+/// What one relay pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RelayPass {
+    /// Events marked dispatched.
+    pub dispatched: usize,
+    /// Events that failed and wait for a retry.
+    pub retried: usize,
+    /// Events parked as dead.
+    pub dead: usize,
+}
+
+impl Relay {
+    /// A relay for `db`'s outbox, woken by `outbox`.
+    pub fn new(
+        service_name: &'static str,
+        db: Database,
+        outbox: &Outbox,
+        config: OutboxConfig,
+        internal_token: &SecretString,
+    ) -> Result<Self, huitou_runtime::Failure> {
+        let credential = InternalCredential::new(internal_token)?;
+        let mut subscribers = Vec::new();
+        for s in &config.subscribers {
+            let ch = channel(
+                &s.endpoint,
+                Duration::from_millis(config.delivery_timeout_ms),
+            )?;
+            subscribers.push((
+                s.clone(),
+                EventConsumerServiceClient::with_interceptor(ch, credential.clone()),
+            ));
+        }
+        Ok(Self {
+            db,
+            config,
+            wake: outbox.wake.clone(),
+            subscribers,
+            service_name,
+        })
+    }
+
+    /// Runs until `stop` completes; finishes the pass in progress first.
+    pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        let poll = Duration::from_millis(self.config.poll_interval_ms);
+        let mut last_sweep = std::time::Instant::now() - Duration::from_secs(3600);
+        loop {
+            let mut idle = false;
+            match self.pass().await {
+                Ok(p) if p.dispatched + p.retried + p.dead == 0 => idle = true,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(service = self.service_name, error = %e, "outbox relay pass failed");
+                    idle = true;
+                }
+            }
+            if last_sweep.elapsed() > Duration::from_secs(600) {
+                last_sweep = std::time::Instant::now();
+                if let Err(e) = self.sweep().await {
+                    tracing::warn!(error = %e, "outbox sweep failed");
+                }
+            }
+            if idle {
+                tokio::select! {
+                    _ = &mut stop => return,
+                    _ = self.wake.notified() => {},
+                    _ = tokio::time::sleep(poll) => {},
+                }
+            } else if futures_ready(&mut stop).await {
+                return;
+            }
+        }
+    }
+
+    /// Delivers one batch of due events. Public for tests and `huitou admin`.
+    pub async fn pass(&self) -> Result<RelayPass, StorageError> {
+        let tx = self.db.begin().await?;
+        let now = now_micros();
+        // One relay at a time per database keeps delivery in outbox order;
+        // SKIP LOCKED lets a second replica pass quietly instead of waiting.
+        let lock = if self.db.is_postgres() {
+            " FOR UPDATE SKIP LOCKED"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT seq, event_type, payload, attempts FROM outbox_events
+             WHERE dispatched_at IS NULL AND dead_at IS NULL AND next_attempt_at <= $1
+             ORDER BY seq LIMIT {}{lock}",
+            self.config.batch_size
+        );
+        let rows = tx.query_all(&sql, vec![now.into()]).await?;
+        let rows: Vec<PendingRow> = rows
+            .iter()
+            .map(|r| PendingRow::from_query_result(r, ""))
+            .collect::<Result<_, _>>()
+            .map_err(StorageError::from)?;
+        if rows.is_empty() {
+            return Ok(RelayPass::default());
+        }
+        let mut failed: Vec<(i64, String)> = Vec::new();
+        for (subscriber, client) in &self.subscribers {
+            let mine: Vec<&PendingRow> = rows
+                .iter()
+                .filter(|r| subscriber.wants(&r.event_type))
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            if let Err(error) = self.deliver(subscriber, client.clone(), &mine).await {
+                tracing::warn!(
+                    subscriber = %subscriber.name,
+                    events = mine.len(),
+                    %error,
+                    "event delivery failed; will retry"
+                );
+                failed.extend(
+                    mine.iter()
+                        .map(|r| (r.seq, format!("{}: {error}", subscriber.name))),
+                );
+            }
+        }
+        let mut pass = RelayPass::default();
+        let failed_seqs: std::collections::HashSet<i64> = failed.iter().map(|(s, _)| *s).collect();
+        let delivered: Vec<i64> = rows
+            .iter()
+            .map(|r| r.seq)
+            .filter(|s| !failed_seqs.contains(s))
+            .collect();
+        if !delivered.is_empty() {
+            let list = delivered
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            tx.execute(
+                &format!("UPDATE outbox_events SET dispatched_at = $1 WHERE seq IN ({list})"),
+                vec![now.into()],
+            )
+            .await?;
+            pass.dispatched = delivered.len();
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (seq, error) in failed {
+            if !seen.insert(seq) {
+                continue;
+            }
+            let attempts = rows
+                .iter()
+                .find(|r| r.seq == seq)
+                .map(|r| r.attempts)
+                .unwrap_or(0)
+                + 1;
+            if attempts as u32 >= self.config.max_attempts {
+                tracing::error!(seq, %error, "event parked as dead after {attempts} attempts");
+                tx.execute(
+                    "UPDATE outbox_events SET attempts = $1, last_error = $2, dead_at = $3 WHERE seq = $4",
+                    vec![attempts.into(), error.into(), now.into(), seq.into()],
+                )
+                .await?;
+                pass.dead += 1;
+            } else {
+                let delay = self.backoff(attempts as u32);
+                tx.execute(
+                    "UPDATE outbox_events SET attempts = $1, last_error = $2, next_attempt_at = $3 WHERE seq = $4",
+                    vec![attempts.into(), error.into(), (now + delay.as_micros() as i64).into(), seq.into()],
+                )
+                .await?;
+                pass.retried += 1;
+            }
+        }
+        tx.commit().await?;
+        Ok(pass)
+    }
+
+    async fn deliver(
+        &self,
+        subscriber: &Subscriber,
+        mut client: ConsumerClient,
+        rows: &[&PendingRow],
+    ) -> Result<(), String> {
+        let mut events = Vec::with_capacity(rows.len());
+        for row in rows {
+            events.push(
+                EventEnvelope::decode(row.payload.as_slice())
+                    .map_err(|e| format!("bad payload: {e}"))?,
+            );
+        }
+        // The call must name a shop for the internal credential; batches may
+        // span shops, and the consumer checks each event's own shop.
+        let shop = events
+            .first()
+            .map(|e| e.shop_id.clone())
+            .unwrap_or_default();
+        let span = tracing::info_span!(
+            "outbox.deliver",
+            otel.kind = "client",
+            subscriber = %subscriber.name,
+            events = events.len(),
+            rpc.system = "grpc",
+            rpc.service = "huitou.events.v1.EventConsumerService",
+            rpc.method = "DeliverEvents",
+        );
+        if let Some(first) = events.first() {
+            telemetry::adopt_stored_parent(&span, &first.traceparent, &first.tracestate);
+        }
+        let request =
+            for_shop(&shop, DeliverEventsRequest { events }).map_err(|f| f.to_string())?;
+        client
+            .deliver_events(request)
+            .instrument(span)
+            .await
+            .map(|_| ())
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+    }
+
+    fn backoff(&self, attempts: u32) -> Duration {
+        let base = self
+            .config
+            .retry_base_ms
+            .saturating_mul(1u64 << attempts.min(20).saturating_sub(1));
+        let capped = base.min(self.config.retry_max_ms);
+        // Full jitter between half and all of the delay spreads retries of
+        // many events that failed together.
+        let jitter = (uuid::Uuid::now_v7().as_u128() as u64) % (capped / 2 + 1);
+        Duration::from_millis(capped / 2 + jitter)
+    }
+
+    async fn sweep(&self) -> Result<u64, StorageError> {
+        let cutoff = now_micros() - (self.config.retention_hours as i64) * 3_600_000_000;
+        self.db
+            .execute(
+                "DELETE FROM outbox_events WHERE dispatched_at IS NOT NULL AND created_at < $1",
+                vec![cutoff.into()],
+            )
+            .await
+    }
+}
+
+/// True when `stop` has completed, without waiting for it.
+async fn futures_ready(
+    stop: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> bool {
+    tokio::select! {
+        biased;
+        _ = stop.as_mut() => true,
+        _ = std::future::ready(()) => false,
+    }
+}
+
+/// Events not yet dispatched (and not dead), and the age of the oldest in
+/// seconds: the relay's lag.
+pub async fn backlog(db: &Database) -> Result<(i64, f64), StorageError> {
+    let stmt = Statement::from_string(
+        db.backend(),
+        "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM outbox_events WHERE dispatched_at IS NULL AND dead_at IS NULL",
+    );
+    let row = db.conn().query_one_raw(stmt).await?;
+    let (n, oldest): (i64, Option<i64>) = match row {
+        Some(r) => (
+            r.try_get("", "n").map_err(StorageError::from)?,
+            r.try_get("", "oldest").map_err(StorageError::from)?,
+        ),
+        None => (0, None),
+    };
+    let age = oldest
+        .map(|o| (now_micros() - o) as f64 / 1e6)
+        .unwrap_or(0.0);
+    Ok((n, age))
+}

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Starts `huitou up` on a fresh data folder and walks the README's grpcurl
+# tour against it. Usage: scripts/smoke.sh path/to/huitou
+set -euo pipefail
+bin=${1:?path to the huitou binary}
+port=${SMOKE_PORT:-50151}
+addr="127.0.0.1:$port"
+data=$(mktemp -d)
+log="$data/huitou.log"
+"$bin" up --data-dir "$data" --listen "$addr" >"$log" 2>&1 &
+pid=$!
+cleanup() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$data"; }
+trap cleanup EXIT
+for _ in $(seq 1 100); do grep -q "operator key" "$log" 2>/dev/null && break; sleep 0.1; done
+grep -q "operator key" "$log" || { cat "$log"; echo "FAIL: huitou up did not start"; exit 1; }
+key=$(python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['api_key'])" "$data/demo-shop.json")
+auth="authorization: Bearer $key"
+fail() { echo "FAIL: $*"; cat "$log"; exit 1; }
+call() { grpcurl -plaintext -H "$auth" -d "$2" "$addr" "huitou.customer.v1.CustomerService/$1"; }
+
+services=$(grpcurl -plaintext "$addr" list)
+for s in huitou.customer.v1.CustomerService grpc.health.v1.Health grpc.reflection.v1alpha.ServerReflection; do
+  grep -qx "$s" <<<"$services" || fail "list does not show $s"
+done
+grpcurl -plaintext "$addr" describe huitou.customer.v1.CustomerService | grep -q "Records an order" \
+  || fail "describe does not show RPC comments"
+grpcurl -plaintext "$addr" describe huitou.customer.v1.RecordOrderRequest | grep -q "The platform order number" \
+  || fail "describe does not show field comments"
+grpcurl -plaintext "$addr" grpc.health.v1.Health/Check | grep -q SERVING || fail "health is not SERVING"
+
+call UpsertCustomer '{"buyer_nick":"tb_smoke","name":"王五","phone":"13812345678"}' | grep -q '138\*\*\*\*5678' \
+  || fail "upsert does not mask the phone"
+call RecordOrder '{"order_no":"S-1","buyer_nick":"tb_smoke","status":"ORDER_STATUS_PAID",
+  "items":[{"sku":"A","category":"童装","quantity":2,"unit_price_fen":9900}],"payable_fen":19800,
+  "create_time":"2026-01-01T10:00:00Z","pay_time":"2026-01-01T10:01:00Z"}' >/dev/null
+call ShipOrder '{"order_no":"S-1","shipment":{"carrier":"顺丰","tracking_number":"SF1"}}' | grep -q ORDER_STATUS_SHIPPED \
+  || fail "ship"
+call GetCustomer '{"buyer_nick":"tb_smoke"}' | grep -q '"spentFen": "19800"' || fail "stats"
+id=$(call FindCustomerByPhone '{"phone":"13812345678"}' | python3 -c "import json,sys;print(json.load(sys.stdin)['customer']['id'])")
+call RevealContact "{\"customer_id\":\"$id\",\"field\":\"CONTACT_FIELD_PHONE\",\"reason\":\"smoke test reveal\"}" \
+  | grep -q '"13812345678"' || fail "reveal"
+call ListAuditEntries "{\"customer_id\":\"$id\"}" | grep -q "smoke test reveal" || fail "audit"
+out=$(call RecordOrder '{"order_no":"","buyer_nick":"x"}' 2>&1 || true)
+grep -q "InvalidArgument" <<<"$out" || fail "bad input is not INVALID_ARGUMENT: $out"
+if grep -q "13812345678" "$log"; then fail "the phone number appeared in the log"; fi
+echo "smoke test passed"

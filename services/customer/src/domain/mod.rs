@@ -1,0 +1,5 @@
+//! The customer service's rules, free of I/O and of generated types.
+
+pub mod customer;
+pub mod order;
+pub mod paging;

@@ -1,0 +1,253 @@
+//! Order history imports: a batch of rows in one transaction, with buyers
+//! created or updated and events written in bulk.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use huitou_storage::{WriteTx, now_micros, outbox};
+use sea_orm::{ConnectionTrait, FromQueryResult, Statement, Value};
+
+use super::customers::{self, CustomerRecord};
+use super::orders::{COLUMN_COUNT, COLUMNS as ORDER_COLUMNS, order_values};
+use super::{Store, new_id};
+use crate::domain::customer::ContactField;
+use crate::domain::order::{Order, StatsDelta};
+use crate::error::CustomerError;
+use crate::events;
+
+/// One valid row of an import.
+#[derive(Debug, Clone)]
+pub struct ImportRow {
+    /// Its number in the export.
+    pub row_number: i64,
+    /// The order in its final state (id and customer filled in here).
+    pub order: Order,
+    /// Receiver contact, normalised.
+    pub receiver: BTreeMap<ContactField, String>,
+}
+
+/// What a batch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// New orders written.
+    pub imported: i64,
+    /// Rows whose order number was already recorded.
+    pub skipped: i64,
+}
+
+/// An import's progress.
+#[derive(Debug, Clone, PartialEq, Eq, FromQueryResult)]
+pub struct ImportProgress {
+    /// Import id.
+    pub id: String,
+    /// New orders written.
+    pub rows_imported: i64,
+    /// Rows skipped as already recorded.
+    pub rows_skipped: i64,
+    /// Rows refused.
+    pub rows_rejected: i64,
+    /// Highest row number committed.
+    pub last_row_number: i64,
+    /// Started, µs.
+    pub created_at: i64,
+    /// Last commit, µs.
+    pub updated_at: i64,
+}
+
+fn placeholders(start: usize, count: usize) -> String {
+    let list: Vec<String> = (start..start + count).map(|i| format!("${i}")).collect();
+    format!("({})", list.join(", "))
+}
+
+impl Store {
+    /// Writes one batch of valid rows; `rejected` and `last_row_number`
+    /// account for the whole message, refused rows included.
+    pub async fn import_batch(
+        &self,
+        tx: &WriteTx,
+        shop_id: &str,
+        import_id: &str,
+        rows: Vec<ImportRow>,
+        rejected: i64,
+        last_row_number: i64,
+    ) -> Result<BatchOutcome, CustomerError> {
+        let mut outcome = BatchOutcome::default();
+
+        // Order numbers already recorded, and repeats inside the batch.
+        let mut existing: HashSet<String> = HashSet::new();
+        for chunk in rows.chunks(500) {
+            let mut values: Vec<Value> = vec![shop_id.into()];
+            values.extend(chunk.iter().map(|r| Value::from(r.order.order_no.clone())));
+            let sql = format!(
+                "SELECT order_no FROM orders WHERE shop_id = $1 AND order_no IN {}",
+                placeholders(2, chunk.len())
+            );
+            for row in tx.query_all(&sql, values).await? {
+                existing.insert(row.try_get::<String>("", "order_no")?);
+            }
+        }
+        let mut fresh: Vec<ImportRow> = Vec::with_capacity(rows.len());
+        for row in rows {
+            if existing.insert(row.order.order_no.clone()) {
+                fresh.push(row);
+            } else {
+                outcome.skipped += 1;
+            }
+        }
+
+        // The buyers, locked, and the new ones.
+        let nicks: Vec<String> = {
+            let mut seen = HashSet::new();
+            fresh
+                .iter()
+                .filter(|r| seen.insert(r.order.buyer_nick.clone()))
+                .map(|r| r.order.buyer_nick.clone())
+                .collect()
+        };
+        let mut buyers: HashMap<String, (CustomerRecord, bool)> = HashMap::new();
+        for chunk in nicks.chunks(500) {
+            let mut values: Vec<Value> = vec![shop_id.into()];
+            values.extend(chunk.iter().map(|n| Value::from(n.clone())));
+            let sql = format!(
+                "SELECT {} FROM customers WHERE shop_id = $1 AND buyer_nick IN {}{}",
+                customers::COLUMNS,
+                placeholders(2, chunk.len()),
+                self.lock_suffix()
+            );
+            for row in tx.query_all(&sql, values).await? {
+                let record = CustomerRecord::from_query(&row)?;
+                buyers.insert(record.customer.buyer_nick.clone(), (record, false));
+            }
+        }
+        for nick in &nicks {
+            buyers
+                .entry(nick.clone())
+                .or_insert_with(|| (CustomerRecord::new(shop_id, nick), true));
+        }
+
+        // Apply every row to its buyer.
+        let mut pending_events = Vec::with_capacity(fresh.len() + buyers.len());
+        for (record, created) in buyers.values() {
+            if *created {
+                pending_events.push(events::customer_created(shop_id, &record.customer));
+            }
+        }
+        let mut orders = Vec::with_capacity(fresh.len());
+        for mut row in fresh {
+            let Some((buyer, _)) = buyers.get_mut(&row.order.buyer_nick) else {
+                continue;
+            };
+            row.order.id = new_id();
+            row.order.customer_id = buyer.customer.id.clone();
+            row.order.import_id = Some(import_id.to_owned());
+            let mut sequence = 0;
+            if row.order.paid_at.is_some() {
+                let mut delta = row.order.paid_delta();
+                delta.merge(&StatsDelta {
+                    spent_fen: -row.order.refunded_fen,
+                    refunded_fen: row.order.refunded_fen,
+                    ..StatsDelta::default()
+                });
+                buyer.apply_stats(&delta);
+                sequence = buyer.customer.stats.order_count;
+            }
+            buyer.fill_missing(&self.vault, &row.receiver)?;
+            pending_events.push(events::order_imported(
+                shop_id, &row.order, import_id, sequence,
+            ));
+            orders.push(row.order);
+        }
+        outcome.imported = orders.len() as i64;
+
+        // Buyers: one upsert per chunk, new and known alike.
+        let now = now_micros();
+        let buyer_list: Vec<&mut (CustomerRecord, bool)> = buyers.values_mut().collect();
+        let columns: Vec<&str> = customers::COLUMNS.split(", ").map(str::trim).collect();
+        let updates: Vec<String> = columns
+            .iter()
+            .skip(2)
+            .map(|c| format!("{c} = excluded.{c}"))
+            .collect();
+        for chunk in buyer_list.chunks(300) {
+            let mut values = Vec::with_capacity(chunk.len() * columns.len());
+            let mut groups = Vec::with_capacity(chunk.len());
+            for (i, (record, _)) in chunk.iter().enumerate() {
+                let mut v = record.values();
+                // updated_at is the 27th column.
+                v[26] = now.into();
+                values.extend(v);
+                groups.push(placeholders(i * columns.len() + 1, columns.len()));
+            }
+            let sql = format!(
+                "INSERT INTO customers ({}) VALUES {} ON CONFLICT (shop_id, id) DO UPDATE SET {}",
+                customers::COLUMNS,
+                groups.join(", "),
+                updates.join(", ")
+            );
+            tx.execute(&sql, values).await?;
+        }
+
+        for chunk in orders.chunks(400) {
+            let mut values = Vec::with_capacity(chunk.len() * COLUMN_COUNT);
+            let mut groups = Vec::with_capacity(chunk.len());
+            for (i, order) in chunk.iter().enumerate() {
+                values.extend(order_values(shop_id, order, now));
+                groups.push(placeholders(i * COLUMN_COUNT + 1, COLUMN_COUNT));
+            }
+            tx.execute(
+                &format!(
+                    "INSERT INTO orders ({ORDER_COLUMNS}) VALUES {}",
+                    groups.join(", ")
+                ),
+                values,
+            )
+            .await?;
+        }
+        outbox::append_many(tx, pending_events).await?;
+
+        tx.execute(
+            "INSERT INTO order_imports (shop_id, id, rows_imported, rows_skipped, rows_rejected, last_row_number, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+             ON CONFLICT (shop_id, id) DO UPDATE SET
+               rows_imported = order_imports.rows_imported + excluded.rows_imported,
+               rows_skipped = order_imports.rows_skipped + excluded.rows_skipped,
+               rows_rejected = order_imports.rows_rejected + excluded.rows_rejected,
+               last_row_number = CASE WHEN excluded.last_row_number > order_imports.last_row_number
+                                      THEN excluded.last_row_number ELSE order_imports.last_row_number END,
+               updated_at = excluded.updated_at",
+            vec![
+                shop_id.into(),
+                import_id.into(),
+                outcome.imported.into(),
+                outcome.skipped.into(),
+                rejected.into(),
+                last_row_number.into(),
+                now.into(),
+            ],
+        )
+        .await?;
+        Ok(outcome)
+    }
+
+    /// An import's progress.
+    pub async fn import_progress(
+        &self,
+        shop_id: &str,
+        import_id: &str,
+    ) -> Result<ImportProgress, CustomerError> {
+        let stmt = Statement::from_sql_and_values(
+            self.db.backend(),
+            self.db.sql(
+                "SELECT id, rows_imported, rows_skipped, rows_rejected, last_row_number, created_at, updated_at
+                 FROM order_imports WHERE shop_id = $1 AND id = $2",
+            ),
+            vec![shop_id.into(), import_id.into()],
+        );
+        let row = self
+            .db
+            .conn()
+            .query_one_raw(stmt)
+            .await?
+            .ok_or(CustomerError::ImportNotFound)?;
+        Ok(ImportProgress::from_query_result(&row, "")?)
+    }
+}

@@ -1,0 +1,126 @@
+//! Storage of the customer service: hand-written SQL through sea-orm's
+//! connection, transactions and typed rows, for PostgreSQL and SQLite alike.
+
+pub mod audit;
+pub mod customers;
+pub mod imports;
+pub mod orders;
+pub mod schema;
+pub mod shops;
+
+use std::sync::Arc;
+
+use huitou_privacy::Vault;
+use huitou_runtime::auth::BoxFuture;
+use huitou_storage::idempotency::{self, IdempotencyKey};
+use huitou_storage::outbox::Outbox;
+use huitou_storage::{Database, StorageError, WriteTx};
+use prost::Message;
+
+use crate::error::CustomerError;
+
+/// Attempts of a write that lost a race (a unique key taken by a concurrent
+/// writer, a deadlock) before the caller sees ABORTED.
+const WRITE_ATTEMPTS: usize = 4;
+
+/// Everything the service stores, and the keys to its personal data.
+#[derive(Clone)]
+pub struct Store {
+    /// The database.
+    pub db: Database,
+    /// Seals and opens personal data.
+    pub vault: Arc<Vault>,
+    /// Wakes the relay after commits.
+    pub outbox: Outbox,
+}
+
+impl Store {
+    /// A store over `db`.
+    pub fn new(db: Database, vault: Arc<Vault>, outbox: Outbox) -> Self {
+        Self { db, vault, outbox }
+    }
+
+    /// Runs `work` in a write transaction, once per request id: a retry of an
+    /// already-answered request returns the stored answer. Races that a
+    /// retry resolves (a concurrent insert of the same buyer, a deadlock) are
+    /// retried here.
+    pub async fn write<R, F>(
+        &self,
+        key: Option<&IdempotencyKey>,
+        work: F,
+    ) -> Result<R, CustomerError>
+    where
+        R: Message + Default,
+        F: for<'t> Fn(&'t WriteTx, &'t Store) -> BoxFuture<'t, Result<R, CustomerError>>,
+    {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = self.write_once(key, &work).await;
+            match result {
+                Err(CustomerError::Storage(StorageError::Conflict(_) | StorageError::Retry(_)))
+                    if attempt < WRITE_ATTEMPTS =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(2 * attempt as u64)).await;
+                }
+                Err(CustomerError::Rejected(f))
+                    if f.reason == "TRANSACTION_CONFLICT" && attempt < WRITE_ATTEMPTS => {}
+                other => return other,
+            }
+        }
+    }
+
+    async fn write_once<R, F>(
+        &self,
+        key: Option<&IdempotencyKey>,
+        work: &F,
+    ) -> Result<R, CustomerError>
+    where
+        R: Message + Default,
+        F: for<'t> Fn(&'t WriteTx, &'t Store) -> BoxFuture<'t, Result<R, CustomerError>>,
+    {
+        let tx = self.db.begin().await?;
+        if let Some(key) = key
+            && let Some(answer) = idempotency::claim::<R>(&tx, key).await?
+        {
+            return Ok(answer);
+        }
+        let answer = work(&tx, self).await?;
+        if let Some(key) = key {
+            idempotency::remember(&tx, key, &answer).await?;
+        }
+        tx.commit().await?;
+        self.outbox.notify();
+        Ok(answer)
+    }
+
+    /// ` FOR UPDATE` on PostgreSQL; nothing on SQLite, where the write gate
+    /// already serialises writers.
+    pub fn lock_suffix(&self) -> &'static str {
+        if self.db.is_postgres() {
+            " FOR UPDATE"
+        } else {
+            ""
+        }
+    }
+}
+
+/// A fresh time-ordered id.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Decodes a JSON column, naming it when it is damaged.
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(
+    column: &str,
+    text: &str,
+) -> Result<T, CustomerError> {
+    serde_json::from_str(text)
+        .map_err(|e| CustomerError::Storage(StorageError::Other(format!("column {column}: {e}"))))
+}
+
+/// Encodes a JSON column.
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> String {
+    // Serialising plain structs and maps of strings cannot fail.
+    serde_json::to_string(value).unwrap_or_else(|_| "null".into())
+}

@@ -1,0 +1,159 @@
+//! The customer service's schema. Every table is keyed by `shop_id` first.
+
+use huitou_storage::migrate::{KIT_TABLES, SqlMigration};
+use sea_orm_migration::prelude::*;
+
+const CUSTOMER_TABLES: SqlMigration = SqlMigration {
+    name: "m20261123_000010_customer",
+    statements: &[
+        "CREATE TABLE shops (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            time_zone TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL
+        )",
+        // Keys are looked up by id before the shop is known, hence the
+        // unique index on id alone.
+        "CREATE TABLE api_keys (
+            shop_id TEXT NOT NULL REFERENCES shops (id),
+            id TEXT NOT NULL,
+            role TEXT NOT NULL,
+            label TEXT NOT NULL,
+            secret_hash TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            revoked_at BIGINT,
+            PRIMARY KEY (shop_id, id)
+        )",
+        "CREATE UNIQUE INDEX api_keys_by_id ON api_keys (id)",
+        // Contact details are sealed (AES-GCM) with their masked form beside
+        // them, so reads never decrypt; the phone has a blind index for
+        // exact lookups. Tags, attributes, consent and categories are
+        // denormalised into the row so a read is one row.
+        "CREATE TABLE customers (
+            shop_id TEXT NOT NULL,
+            id TEXT NOT NULL,
+            buyer_nick TEXT NOT NULL,
+            name_sealed {bytes},
+            phone_sealed {bytes},
+            address_sealed {bytes},
+            wechat_id_sealed {bytes},
+            email_sealed {bytes},
+            masks TEXT NOT NULL DEFAULT '{}',
+            phone_index TEXT,
+            birthday_year INTEGER,
+            birthday_month INTEGER,
+            birthday_day INTEGER,
+            gender INTEGER NOT NULL DEFAULT 0,
+            region TEXT NOT NULL DEFAULT '',
+            order_count BIGINT NOT NULL DEFAULT 0,
+            item_count BIGINT NOT NULL DEFAULT 0,
+            spent_fen BIGINT NOT NULL DEFAULT 0,
+            refunded_fen BIGINT NOT NULL DEFAULT 0,
+            first_order_at BIGINT,
+            last_order_at BIGINT,
+            categories TEXT NOT NULL DEFAULT '{}',
+            tags TEXT NOT NULL DEFAULT '[]',
+            attributes TEXT NOT NULL DEFAULT '{}',
+            consents TEXT NOT NULL DEFAULT '{}',
+            created_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL,
+            erased_at BIGINT,
+            PRIMARY KEY (shop_id, id)
+        )",
+        "CREATE UNIQUE INDEX customers_by_nick ON customers (shop_id, buyer_nick)",
+        "CREATE INDEX customers_by_phone ON customers (shop_id, phone_index) WHERE phone_index IS NOT NULL",
+        "CREATE INDEX customers_by_last_order ON customers (shop_id, last_order_at)",
+        "CREATE INDEX customers_by_order_count ON customers (shop_id, order_count)",
+        "CREATE TABLE customer_tags (
+            shop_id TEXT NOT NULL,
+            tag TEXT NOT NULL,
+            customer_id TEXT NOT NULL,
+            PRIMARY KEY (shop_id, tag, customer_id)
+        )",
+        "CREATE INDEX customer_tags_by_customer ON customer_tags (shop_id, customer_id)",
+        "CREATE TABLE attribute_types (
+            shop_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            value_type TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            PRIMARY KEY (shop_id, name)
+        )",
+        "CREATE TABLE consent_changes (
+            shop_id TEXT NOT NULL,
+            id TEXT NOT NULL,
+            customer_id TEXT NOT NULL,
+            channel INTEGER NOT NULL,
+            granted BOOLEAN NOT NULL,
+            source TEXT NOT NULL,
+            decided_at BIGINT NOT NULL,
+            recorded_at BIGINT NOT NULL,
+            PRIMARY KEY (shop_id, id)
+        )",
+        "CREATE INDEX consent_changes_by_customer ON consent_changes (shop_id, customer_id, id)",
+        "CREATE TABLE audit_entries (
+            shop_id TEXT NOT NULL,
+            id TEXT NOT NULL,
+            action INTEGER NOT NULL,
+            customer_id TEXT NOT NULL,
+            field INTEGER NOT NULL DEFAULT 0,
+            reason TEXT NOT NULL,
+            actor_key_id TEXT NOT NULL,
+            actor_role TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            PRIMARY KEY (shop_id, id)
+        )",
+        "CREATE INDEX audit_entries_by_customer ON audit_entries (shop_id, customer_id, id)",
+        // Items, refunds and coupon codes are JSON: an order is written and
+        // read whole, and one row per order keeps imports fast.
+        "CREATE TABLE orders (
+            shop_id TEXT NOT NULL,
+            id TEXT NOT NULL,
+            order_no TEXT NOT NULL,
+            customer_id TEXT NOT NULL,
+            buyer_nick TEXT NOT NULL,
+            status INTEGER NOT NULL,
+            items TEXT NOT NULL,
+            goods_fen BIGINT NOT NULL,
+            discount_fen BIGINT NOT NULL,
+            shipping_fen BIGINT NOT NULL,
+            payable_fen BIGINT NOT NULL,
+            refunded_fen BIGINT NOT NULL DEFAULT 0,
+            coupon_codes TEXT NOT NULL DEFAULT '[]',
+            shipment TEXT,
+            review TEXT,
+            refunds TEXT NOT NULL DEFAULT '[]',
+            created_at BIGINT NOT NULL,
+            paid_at BIGINT,
+            shipped_at BIGINT,
+            received_at BIGINT,
+            closed_at BIGINT,
+            import_id TEXT,
+            recorded_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL,
+            PRIMARY KEY (shop_id, id)
+        )",
+        "CREATE UNIQUE INDEX orders_by_no ON orders (shop_id, order_no)",
+        "CREATE INDEX orders_by_customer ON orders (shop_id, customer_id, created_at)",
+        "CREATE TABLE order_imports (
+            shop_id TEXT NOT NULL,
+            id TEXT NOT NULL,
+            rows_imported BIGINT NOT NULL DEFAULT 0,
+            rows_skipped BIGINT NOT NULL DEFAULT 0,
+            rows_rejected BIGINT NOT NULL DEFAULT 0,
+            last_row_number BIGINT NOT NULL DEFAULT 0,
+            created_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL,
+            PRIMARY KEY (shop_id, id)
+        )",
+    ],
+};
+
+/// The customer service's migrations, in order.
+pub struct Migrator;
+
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(KIT_TABLES), Box::new(CUSTOMER_TABLES)]
+    }
+}

@@ -1,0 +1,213 @@
+//! A running suite for tests: fresh storage, a shop with one key per role,
+//! and clients that call it over gRPC as a storefront or operator would.
+
+// Test support fails loudly: a broken fixture must stop the test.
+#![allow(clippy::panic, clippy::expect_used, clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use huitou::{Settings, Suite};
+use huitou_privacy::PersonalDataConfig;
+use huitou_proto::customer::v1::customer_service_client::CustomerServiceClient;
+use huitou_proto::customer::v1::shop_service_client::ShopServiceClient;
+use huitou_runtime::Role;
+use huitou_testkit::TestDatabase;
+use secrecy::SecretString;
+use tokio::sync::oneshot;
+use tonic::metadata::MetadataValue;
+use tonic::service::Interceptor;
+use tonic::transport::Channel;
+
+/// The internal token of test suites.
+pub const INTERNAL_TOKEN: &str = "test-internal-token-0123456789abcdef";
+
+/// A shop's API keys, one per role.
+#[derive(Debug, Clone)]
+pub struct ShopKeys {
+    /// The shop.
+    pub shop_id: String,
+    /// Storefront key.
+    pub storefront: String,
+    /// Operator key.
+    pub operator: String,
+    /// Admin key.
+    pub admin: String,
+}
+
+/// Adds `authorization: Bearer <key>` to every call.
+#[derive(Clone)]
+pub struct Bearer(MetadataValue<tonic::metadata::Ascii>);
+
+impl Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+/// A customer-service client with a key.
+pub type Customers =
+    CustomerServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
+/// A shop-service client with a key.
+pub type Shops =
+    ShopServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
+
+/// A suite serving on an ephemeral port.
+pub struct TestSuite {
+    /// Where it listens.
+    pub address: SocketAddr,
+    /// The first shop.
+    pub shop: ShopKeys,
+    /// A second shop, to check nothing leaks between shops.
+    pub other_shop: ShopKeys,
+    /// Its database.
+    pub database: TestDatabase,
+    /// Its settings.
+    pub settings: Settings,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    channel: Channel,
+}
+
+/// Settings of a test suite over `database`.
+pub fn test_settings(database: &TestDatabase) -> Settings {
+    let mut settings = Settings::default();
+    settings.auth.internal_token = Some(SecretString::from(INTERNAL_TOKEN));
+    settings.customer.database = database.config.clone();
+    settings.customer.personal_data = PersonalDataConfig::generate("k1").expect("keys");
+    if let Some(url) = huitou_testkit::redis_url() {
+        settings.customer.cache.redis_url = url;
+    }
+    settings.customer.outbox.poll_interval_ms = 50;
+    settings.customer.outbox.retry_base_ms = 50;
+    settings.customer.outbox.retry_max_ms = 500;
+    settings.server.shutdown_grace_ms = 5_000;
+    settings
+}
+
+async fn shop_keys(suite: &Suite, name: &str) -> ShopKeys {
+    let store = &suite.customer.store;
+    let shop = store
+        .create_shop(name, "Asia/Shanghai")
+        .await
+        .expect("shop");
+    let id = shop.id.as_str();
+    let key = |role| async move { store.create_api_key(id, role, "test").await.expect("key").1 };
+    ShopKeys {
+        shop_id: shop.id.clone(),
+        storefront: key(Role::Storefront).await,
+        operator: key(Role::Operator).await,
+        admin: key(Role::Admin).await,
+    }
+}
+
+impl TestSuite {
+    /// Starts a suite on fresh storage.
+    pub async fn start(label: &str) -> TestSuite {
+        let database = TestDatabase::new(label).await;
+        let settings = test_settings(&database);
+        Self::start_with(database, settings).await
+    }
+
+    /// Starts a suite with the given settings.
+    pub async fn start_with(database: TestDatabase, settings: Settings) -> TestSuite {
+        let suite = Suite::open(settings.clone(), true)
+            .await
+            .expect("suite opens");
+        let shop = shop_keys(&suite, "测试店铺").await;
+        let other_shop = shop_keys(&suite, "隔壁店铺").await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let stop = async move {
+                let _ = stop_rx.await;
+            };
+            if let Err(e) = suite.serve(listener, stop).await {
+                panic!("suite failed: {e}");
+            }
+        });
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .expect("endpoint")
+            .timeout(Duration::from_secs(30))
+            .connect_lazy();
+        TestSuite {
+            address,
+            shop,
+            other_shop,
+            database,
+            settings,
+            stop: Some(stop_tx),
+            task: Some(task),
+            channel,
+        }
+    }
+
+    /// The shared channel.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    /// A customer-service client presenting `key`.
+    pub fn customers(&self, key: &str) -> Customers {
+        let bearer = Bearer(format!("Bearer {key}").parse().expect("metadata"));
+        CustomerServiceClient::with_interceptor(self.channel.clone(), bearer)
+    }
+
+    /// A shop-service client presenting `key`.
+    pub fn shops(&self, key: &str) -> Shops {
+        let bearer = Bearer(format!("Bearer {key}").parse().expect("metadata"));
+        ShopServiceClient::with_interceptor(self.channel.clone(), bearer)
+    }
+
+    /// Stops the server, waits for it, and drops a PostgreSQL database.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        self.database.cleanup().await;
+    }
+}
+
+/// The reason in a status's `google.rpc.ErrorInfo`.
+pub fn reason(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_default()
+}
+
+/// The fields named in a status's `google.rpc.BadRequest`.
+pub fn bad_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// A timestamp `seconds_ago` before now.
+pub fn ago(seconds_ago: i64) -> prost_types::Timestamp {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    prost_types::Timestamp {
+        seconds: now - seconds_ago,
+        nanos: 0,
+    }
+}
