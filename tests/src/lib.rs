@@ -122,33 +122,50 @@ impl TestSuite {
             .expect("suite opens");
         let shop = shop_keys(&suite, "测试店铺").await;
         let other_shop = shop_keys(&suite, "隔壁店铺").await;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let address = listener.local_addr().expect("address");
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let stop = async move {
-                let _ = stop_rx.await;
-            };
-            if let Err(e) = suite.serve(listener, stop).await {
-                panic!("suite failed: {e}");
-            }
-        });
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-            .expect("endpoint")
-            .timeout(Duration::from_secs(30))
-            .connect_lazy();
+        let (address, stop, task, channel) = serve(suite).await;
         TestSuite {
             address,
             shop,
             other_shop,
             database,
             settings,
-            stop: Some(stop_tx),
+            stop: Some(stop),
             task: Some(task),
             channel,
         }
+    }
+
+    /// Stops the server and starts a new one over the same storage (a
+    /// process restart), on a new port.
+    pub async fn restart(mut self) -> TestSuite {
+        self.stop_server().await;
+        let suite = Suite::open(self.settings.clone(), true)
+            .await
+            .expect("suite reopens");
+        let (address, stop, task, channel) = serve(suite).await;
+        self.address = address;
+        self.stop = Some(stop);
+        self.task = Some(task);
+        self.channel = channel;
+        self
+    }
+
+    /// Stops the server, keeping the storage.
+    pub async fn stop_server(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+
+    /// A channel to any address, for calling other test servers.
+    pub fn channel_to(&self, address: SocketAddr) -> Channel {
+        tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .expect("endpoint")
+            .timeout(Duration::from_secs(30))
+            .connect_lazy()
     }
 
     /// The shared channel.
@@ -168,16 +185,45 @@ impl TestSuite {
         ShopServiceClient::with_interceptor(self.channel.clone(), bearer)
     }
 
-    /// Stops the server, waits for it, and drops a PostgreSQL database.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-        self.database.cleanup().await;
+    /// Stops the server and hands back the storage for inspection; call
+    /// `cleanup` on it afterwards.
+    pub async fn stop_keeping_storage(mut self) -> TestDatabase {
+        self.stop_server().await;
+        self.database
     }
+
+    /// Stops the server, waits for it, and drops a PostgreSQL database.
+    pub async fn stop(self) {
+        self.stop_keeping_storage().await.cleanup().await;
+    }
+}
+
+type Running = (
+    SocketAddr,
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+    Channel,
+);
+
+async fn serve(suite: Suite) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let stop = async move {
+            let _ = stop_rx.await;
+        };
+        if let Err(e) = suite.serve(listener, stop).await {
+            panic!("suite failed: {e}");
+        }
+    });
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .expect("endpoint")
+        .timeout(Duration::from_secs(30))
+        .connect_lazy();
+    (address, stop_tx, task, channel)
 }
 
 /// The reason in a status's `google.rpc.ErrorInfo`.

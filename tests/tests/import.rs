@@ -1,0 +1,215 @@
+//! Importing a shop's order history: bad rows reported and skipped, good
+//! rows whole, statistics exact, and a second run resumes without duplicates.
+
+use huitou_proto::customer::v1 as pb;
+use huitou_tests::{TestSuite, ago};
+
+fn row(
+    n: i64,
+    order_no: &str,
+    nick: &str,
+    status: pb::OrderStatus,
+    quantity: i64,
+    refunded: i64,
+) -> pb::ImportedOrder {
+    let paid = !matches!(status, pb::OrderStatus::Created | pb::OrderStatus::Closed);
+    pb::ImportedOrder {
+        row_number: n,
+        order_no: order_no.into(),
+        buyer_nick: nick.into(),
+        status: status as i32,
+        items: vec![pb::OrderItem {
+            sku: format!("SKU{n}"),
+            category: if n % 2 == 0 {
+                "童装".into()
+            } else {
+                "玩具".into()
+            },
+            quantity,
+            unit_price_fen: 1_000,
+            title: String::new(),
+        }],
+        payable_fen: quantity * 1_000,
+        refunded_fen: refunded,
+        create_time: Some(ago(86_400 * (30 - n))),
+        pay_time: paid.then(|| ago(86_400 * (30 - n) - 60)),
+        ..Default::default()
+    }
+}
+
+fn history() -> Vec<pb::ImportOrdersRequest> {
+    use pb::OrderStatus::*;
+    let mut bad_amount = row(6, "H-6", "bob", Paid, 1, 0);
+    bad_amount.payable_fen = 999;
+    let mut bad_phone = row(8, "H-8", "dan", Paid, 1, 0);
+    bad_phone.receiver = Some(pb::ContactDetails {
+        phone: "12345".into(),
+        ..Default::default()
+    });
+    let mut with_receiver = row(5, "H-5", "cat", Received, 1, 0);
+    with_receiver.receiver = Some(pb::ContactDetails {
+        name: "猫".into(),
+        phone: "13500005555".into(),
+        address: "上海市黄浦区南京东路 1 号".into(),
+    });
+    vec![
+        pb::ImportOrdersRequest {
+            import_id: "2025-history".into(),
+            rows: vec![
+                row(1, "H-1", "amy", Reviewed, 2, 0),
+                row(2, "H-2", "amy", Refunded, 1, 1_000),
+                row(3, "H-3", "amy", Shipped, 3, 500),
+            ],
+        },
+        pb::ImportOrdersRequest {
+            import_id: "2025-history".into(),
+            rows: vec![
+                row(4, "H-4", "bob", Closed, 1, 0),
+                with_receiver,
+                bad_amount,
+            ],
+        },
+        pb::ImportOrdersRequest {
+            import_id: "2025-history".into(),
+            rows: vec![row(7, "H-2", "amy", Refunded, 1, 1_000), bad_phone],
+        },
+    ]
+}
+
+#[tokio::test]
+async fn import_reports_bad_rows_keeps_stats_exact_and_resumes() {
+    let suite = TestSuite::start("import").await;
+    let mut client = suite.customers(&suite.shop.operator);
+    let report = client
+        .import_orders(tokio_stream::iter(history()))
+        .await
+        .expect("import")
+        .into_inner();
+    assert_eq!(report.rows_received, 8);
+    assert_eq!(report.rows_imported, 5);
+    assert_eq!(report.rows_skipped, 1, "H-2 twice");
+    assert_eq!(report.rows_rejected, 2);
+    assert_eq!(report.last_row_number, 8);
+    let errors: Vec<(i64, &str)> = report
+        .row_errors
+        .iter()
+        .map(|e| (e.row_number, e.field.as_str()))
+        .collect();
+    assert_eq!(errors, vec![(6, "payable_fen"), (8, "receiver.phone")]);
+
+    let amy = client
+        .get_customer(pb::GetCustomerRequest {
+            buyer_nick: "amy".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("amy")
+        .into_inner()
+        .customer
+        .expect("c")
+        .stats
+        .expect("stats");
+    assert_eq!(amy.order_count, 3);
+    assert_eq!(amy.item_count, 6);
+    assert_eq!(amy.spent_fen, 6_000 - 1_500);
+    assert_eq!(amy.refunded_fen, 1_500);
+    let bob = client
+        .get_customer(pb::GetCustomerRequest {
+            buyer_nick: "bob".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("bob")
+        .into_inner()
+        .customer
+        .expect("c");
+    assert_eq!(
+        bob.stats.expect("stats").order_count,
+        0,
+        "a closed order does not count"
+    );
+    let cat = client
+        .find_customer_by_phone(pb::FindCustomerByPhoneRequest {
+            phone: "13500005555".into(),
+        })
+        .await
+        .expect("receiver filled the profile")
+        .into_inner()
+        .customer
+        .expect("c");
+    assert_eq!(cat.buyer_nick, "cat");
+    assert_eq!(cat.name, "猫*");
+    let refunded = client
+        .get_order(pb::GetOrderRequest {
+            order_no: "H-2".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("order")
+        .into_inner()
+        .order
+        .expect("o");
+    assert_eq!(refunded.status, pb::OrderStatus::Refunded as i32);
+
+    // Sending the same history again writes nothing new.
+    let again = client
+        .import_orders(tokio_stream::iter(history()))
+        .await
+        .expect("resume")
+        .into_inner();
+    assert_eq!(
+        (again.rows_imported, again.rows_skipped, again.rows_rejected),
+        (0, 6, 2)
+    );
+    let progress = client
+        .get_order_import(pb::GetOrderImportRequest {
+            import_id: "2025-history".into(),
+        })
+        .await
+        .expect("progress")
+        .into_inner();
+    assert_eq!((progress.rows_imported, progress.last_row_number), (5, 8));
+    let amy_again = client
+        .get_customer(pb::GetCustomerRequest {
+            buyer_nick: "amy".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("amy")
+        .into_inner()
+        .customer
+        .expect("c")
+        .stats
+        .expect("stats");
+    assert_eq!(amy_again, amy);
+
+    // A stream that mixes import ids, or rows that go backwards, is refused.
+    let mixed = client
+        .import_orders(tokio_stream::iter(vec![
+            pb::ImportOrdersRequest {
+                import_id: "a".into(),
+                rows: vec![],
+            },
+            pb::ImportOrdersRequest {
+                import_id: "b".into(),
+                rows: vec![],
+            },
+        ]))
+        .await
+        .expect_err("mixed ids");
+    assert_eq!(mixed.code(), tonic::Code::InvalidArgument);
+    let backwards = client
+        .import_orders(tokio_stream::iter(vec![pb::ImportOrdersRequest {
+            import_id: "c".into(),
+            rows: vec![
+                row(5, "B-5", "eve", pb::OrderStatus::Paid, 1, 0),
+                row(4, "B-4", "eve", pb::OrderStatus::Paid, 1, 0),
+            ],
+        }]))
+        .await
+        .expect("partial")
+        .into_inner();
+    assert_eq!((backwards.rows_imported, backwards.rows_rejected), (1, 1));
+    assert_eq!(backwards.row_errors[0].field, "row_number");
+    suite.stop().await;
+}
