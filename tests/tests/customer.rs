@@ -1,5 +1,7 @@
 //! The customer service as a storefront and an operator use it.
 
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test code fails loudly
+
 use huitou_proto::customer::v1 as pb;
 use huitou_tests::{TestSuite, ago, bad_fields, reason};
 use tonic::Code;

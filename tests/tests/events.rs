@@ -2,6 +2,8 @@
 //! effect: delivered in order, retried while a subscriber is down, after a
 //! restart too, and deduplicated by the consumer.
 
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test code fails loudly
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,6 +1,8 @@
 //! Importing a shop's order history: bad rows reported and skipped, good
 //! rows whole, statistics exact, and a second run resumes without duplicates.
 
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test code fails loudly
+
 use huitou_proto::customer::v1 as pb;
 use huitou_tests::{TestSuite, ago};
 

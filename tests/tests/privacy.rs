@@ -1,6 +1,8 @@
 //! Personal data never appears in clear: not in the logs (at TRACE level),
 //! not in the database files or tables, not in events.
 
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test code fails loudly
+
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
