@@ -10,6 +10,8 @@
 // Test support fails loudly: a broken fixture must stop the test.
 #![allow(clippy::panic, clippy::expect_used, clippy::unwrap_used)]
 
+pub mod probe;
+
 use std::path::PathBuf;
 
 use huitou_storage::DatabaseConfig;
