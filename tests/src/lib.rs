@@ -150,6 +150,22 @@ impl TestSuite {
         self
     }
 
+    /// Asks the server to shut down without waiting for it.
+    pub fn signal_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Waits for a server asked to stop; how long it took.
+    pub async fn wait_stopped(&mut self) -> Duration {
+        let started = std::time::Instant::now();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        started.elapsed()
+    }
+
     /// Stops the server, keeping the storage.
     pub async fn stop_server(&mut self) {
         if let Some(stop) = self.stop.take() {

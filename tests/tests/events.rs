@@ -12,9 +12,9 @@ use huitou_proto::events::v1::{DeliverEventsRequest, EventEnvelope};
 use huitou_runtime::client::{InternalCredential, for_shop};
 use huitou_storage::Database;
 use huitou_storage::outbox::{Subscriber, backlog};
-use huitou_tests::{INTERNAL_TOKEN, TestSuite, ago, test_settings};
 use huitou_testkit::TestDatabase;
 use huitou_testkit::probe::Probe;
+use huitou_tests::{INTERNAL_TOKEN, TestSuite, ago, test_settings};
 use sea_orm::ConnectionTrait;
 use secrecy::SecretString;
 
@@ -55,7 +55,10 @@ async fn events_are_delivered_in_order_retried_and_applied_once() {
         .expect("order");
     let first = probe.wait_until(WAIT, |s| s.len() >= 3).await;
     let types: Vec<&str> = first.iter().map(|s| s.event_type.as_str()).collect();
-    assert_eq!(types, vec!["customer.created", "order.created", "order.paid"]);
+    assert_eq!(
+        types,
+        vec!["customer.created", "order.created", "order.paid"]
+    );
 
     // The subscriber goes away: events wait and are retried.
     probe.stop().await;
@@ -71,7 +74,9 @@ async fn events_are_delivered_in_order_retried_and_applied_once() {
         .await
         .expect("ship");
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let customer_db = Database::connect(&suite.settings.customer.database).await.expect("db");
+    let customer_db = Database::connect(&suite.settings.customer.database)
+        .await
+        .expect("db");
     let (pending, _) = backlog(&customer_db).await.expect("backlog");
     assert_eq!(pending, 1, "the shipped event waits for the subscriber");
 
@@ -81,7 +86,10 @@ async fn events_are_delivered_in_order_retried_and_applied_once() {
     probe.start().await;
     let all = probe.wait_until(WAIT, |s| s.len() >= 4).await;
     assert_eq!(all.len(), 4, "{all:?}");
-    assert_eq!((all[3].event_type.as_str(), all[3].order_no.as_str()), ("order.shipped", "E-1"));
+    assert_eq!(
+        (all[3].event_type.as_str(), all[3].order_no.as_str()),
+        ("order.shipped", "E-1")
+    );
     let (pending, _) = backlog(&customer_db).await.expect("backlog");
     assert_eq!(pending, 0);
 
@@ -107,20 +115,35 @@ async fn events_are_delivered_in_order_retried_and_applied_once() {
         InternalCredential::new(&SecretString::from(INTERNAL_TOKEN)).expect("credential"),
     );
     let answer = direct
-        .deliver_events(for_shop(&shop, DeliverEventsRequest { events: events.clone() }).expect("request"))
+        .deliver_events(
+            for_shop(
+                &shop,
+                DeliverEventsRequest {
+                    events: events.clone(),
+                },
+            )
+            .expect("request"),
+        )
         .await
         .expect("redeliver")
         .into_inner();
-    assert_eq!((answer.applied_count, answer.duplicate_count), (0, events.len() as i32));
+    assert_eq!(
+        (answer.applied_count, answer.duplicate_count),
+        (0, events.len() as i32)
+    );
     assert_eq!(probe.seen().await.len(), 4);
 
     // A shop's API key cannot deliver events.
     let mut with_key = EventConsumerServiceClient::new(restarted.channel_to(probe.address));
     let mut request = tonic::Request::new(DeliverEventsRequest { events });
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {shop_key}").parse().expect("metadata"));
-    let refused = with_key.deliver_events(request).await.expect_err("shop keys cannot deliver");
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {shop_key}").parse().expect("metadata"),
+    );
+    let refused = with_key
+        .deliver_events(request)
+        .await
+        .expect_err("shop keys cannot deliver");
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
 
     probe.stop().await;

@@ -54,8 +54,13 @@ pub struct GrpcServer {
     authenticator: Authenticator,
     routes: RoutesBuilder,
     service_names: Vec<&'static str>,
+    long_running: Vec<String>,
     health: HealthReporter,
 }
+
+/// The deadline cap of methods registered as long-running (history
+/// imports): one hour.
+pub const LONG_RUNNING_CAP: Duration = Duration::from_secs(3600);
 
 impl GrpcServer {
     /// A server with no services yet.
@@ -68,8 +73,17 @@ impl GrpcServer {
             authenticator,
             routes,
             service_names: Vec::new(),
+            long_running: Vec::new(),
             health,
         }
+    }
+
+    /// Lets a method (`/package.Service/Method`) run up to an hour when the
+    /// caller sets no shorter deadline, instead of the request timeout:
+    /// for streams that carry a shop's whole history.
+    pub fn allow_long_running(&mut self, path: &str) -> &mut Self {
+        self.long_running.push(path.to_owned());
+        self
     }
 
     /// The settings services should apply to their generated servers
@@ -146,6 +160,8 @@ impl GrpcServer {
             policy: Arc::new(CallPolicy {
                 authenticator: self.authenticator,
                 slots: Arc::new(Semaphore::new(self.config.max_concurrent_requests)),
+                request_timeout: self.config.request_timeout(),
+                long_running: self.long_running,
             }),
         };
         let (close_tx, close_rx) = tokio::sync::oneshot::channel::<()>();
@@ -172,7 +188,6 @@ impl GrpcServer {
         });
 
         let server = tonic::transport::Server::builder()
-            .timeout(self.config.request_timeout())
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .layer(layer)
@@ -196,6 +211,50 @@ impl GrpcServer {
 struct CallPolicy {
     authenticator: Authenticator,
     slots: Arc<Semaphore>,
+    request_timeout: Duration,
+    long_running: Vec<String>,
+}
+
+impl CallPolicy {
+    /// The caller's deadline (`grpc-timeout`), capped by the server's.
+    fn budget(&self, path: &str, headers: &http::HeaderMap) -> Duration {
+        let cap = if self.long_running.iter().any(|p| p == path) {
+            LONG_RUNNING_CAP
+        } else {
+            self.request_timeout
+        };
+        match headers
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout)
+        {
+            // Finish a little before the caller's deadline so the answer is
+            // DEADLINE_EXCEEDED with details, not tonic's bare CANCELLED
+            // racing us at the same instant.
+            Some(asked) if asked < cap => {
+                asked.saturating_sub((asked / 20).min(Duration::from_millis(25)))
+            }
+            _ => cap,
+        }
+    }
+}
+
+/// Parses a `grpc-timeout` value: up to 8 digits and a unit (H, M, S, m, u, n).
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 #[derive(Clone)]
@@ -262,6 +321,7 @@ where
                 .map(str::to_owned)
                 .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
             let open = is_open_path(&path);
+            let budget = policy.budget(&path, request.headers());
             let span = tracing::info_span!(
                 "rpc",
                 otel.name = %path.trim_start_matches('/'),
@@ -302,7 +362,18 @@ where
                         Err(failure) => return Ok(failure.into_response()),
                     }
                 }
-                inner.call(request).await
+                match tokio::time::timeout(budget, inner.call(request)).await {
+                    Ok(response) => response,
+                    Err(_) => Ok(Failure::new(
+                        tonic::Code::DeadlineExceeded,
+                        "DEADLINE_EXCEEDED",
+                        format!(
+                            "the call did not finish within its deadline of {} ms",
+                            budget.as_millis()
+                        ),
+                    )
+                    .into_response()),
+                }
             }
             .instrument(span.clone())
             .await;
@@ -337,6 +408,22 @@ impl Failure {
     /// This failure as a trailers-only gRPC response.
     pub fn into_response(self) -> Response<Body> {
         tonic::Status::from(self).into_http()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_in_every_unit() {
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("150m"), Some(Duration::from_millis(150)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("5u"), Some(Duration::from_micros(5)));
+        assert_eq!(parse_grpc_timeout("S"), None);
+        assert_eq!(parse_grpc_timeout("123456789S"), None);
+        assert_eq!(parse_grpc_timeout("10x"), None);
     }
 }
 

@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use huitou_proto::events::v1::EventEnvelope;
 use huitou_proto::events::v1::event_consumer_service_server::EventConsumerServiceServer;
 use huitou_proto::events::v1::event_envelope::Payload;
-use huitou_proto::events::v1::EventEnvelope;
 use huitou_runtime::auth::{ApiKeySecret, Authenticator, BoxFuture, KeyVerifier};
 use huitou_runtime::config::ServerConfig;
 use huitou_runtime::server::GrpcServer;
@@ -47,7 +47,11 @@ impl EventHandler for Recorder {
         "probe"
     }
 
-    fn apply<'a>(&'a self, tx: &'a WriteTx, event: &'a EventEnvelope) -> BoxFuture<'a, Result<(), Failure>> {
+    fn apply<'a>(
+        &'a self,
+        tx: &'a WriteTx,
+        event: &'a EventEnvelope,
+    ) -> BoxFuture<'a, Result<(), Failure>> {
         Box::pin(async move {
             tx.execute(
                 "INSERT INTO seen (event_id, event_type, shop_id, order_no) VALUES ($1, $2, $3, $4)",
@@ -125,10 +129,15 @@ impl Probe {
 
     /// Starts serving (again).
     pub async fn start(&mut self) {
-        let listener = tokio::net::TcpListener::bind(self.address).await.expect("bind probe");
+        let listener = tokio::net::TcpListener::bind(self.address)
+            .await
+            .expect("bind probe");
         let auth = Authenticator::new(Arc::new(NoKeys), &SecretString::from(self.token.clone()));
         let mut server = GrpcServer::new(ServerConfig::default(), auth);
-        server.add_service(EventConsumerServiceServer::new(EventInbox::new(self.db.clone(), Arc::new(Recorder))));
+        server.add_service(EventConsumerServiceServer::new(EventInbox::new(
+            self.db.clone(),
+            Arc::new(Recorder),
+        )));
         let (tx, rx) = oneshot::channel::<()>();
         self.stop = Some(tx);
         self.task = Some(tokio::spawn(async move {
@@ -171,7 +180,11 @@ impl Probe {
     }
 
     /// Waits up to `timeout` until `ready` holds for what was recorded.
-    pub async fn wait_until(&self, timeout: Duration, ready: impl Fn(&[Seen]) -> bool) -> Vec<Seen> {
+    pub async fn wait_until(
+        &self,
+        timeout: Duration,
+        ready: impl Fn(&[Seen]) -> bool,
+    ) -> Vec<Seen> {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             let seen = self.seen().await;

@@ -136,6 +136,7 @@ impl CustomerService {
                 .accept_compressed(CompressionEncoding::Gzip)
                 .send_compressed(CompressionEncoding::Gzip),
         );
+        server.allow_long_running("/huitou.customer.v1.CustomerService/ImportOrders");
         server.add_service(
             ShopServiceServer::new(shops)
                 .max_decoding_message_size(limit)

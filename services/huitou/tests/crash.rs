@@ -19,7 +19,12 @@ use tonic::transport::Channel;
 
 const TOKEN: &str = "crash-test-internal-token-0123456789";
 
-fn start(data: &std::path::Path, config: &std::path::Path, listen: &str, log: &std::path::Path) -> Child {
+fn start(
+    data: &std::path::Path,
+    config: &std::path::Path,
+    listen: &str,
+    log: &std::path::Path,
+) -> Child {
     let log = std::fs::File::create(log).expect("log file");
     Command::new(env!("CARGO_BIN_EXE_huitou"))
         .args(["up", "--data-dir"])
@@ -38,9 +43,14 @@ async fn wait_serving(channel: Channel) {
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     loop {
         let ok = health
-            .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
             .await
-            .map(|r| r.into_inner().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
+            .map(|r| {
+                r.into_inner().status
+                    == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+            })
             .unwrap_or(false);
         if ok {
             return;
@@ -59,11 +69,12 @@ type Client = CustomerServiceClient<
 
 fn client(channel: Channel, key: &str) -> Client {
     let bearer: MetadataValue<_> = format!("Bearer {key}").parse().expect("metadata");
-    let interceptor: Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send> =
-        Box::new(move |mut r: tonic::Request<()>| {
-            r.metadata_mut().insert("authorization", bearer.clone());
-            Ok(r)
-        });
+    let interceptor: Box<
+        dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send,
+    > = Box::new(move |mut r: tonic::Request<()>| {
+        r.metadata_mut().insert("authorization", bearer.clone());
+        Ok(r)
+    });
     CustomerServiceClient::with_interceptor(channel, interceptor)
 }
 
@@ -84,8 +95,14 @@ fn order(order_no: &str, nick: &str) -> pb::RecordOrderRequest {
             title: String::new(),
         }],
         payable_fen: 1_000,
-        create_time: Some(prost_types::Timestamp { seconds: now - 60, nanos: 0 }),
-        pay_time: Some(prost_types::Timestamp { seconds: now - 30, nanos: 0 }),
+        create_time: Some(prost_types::Timestamp {
+            seconds: now - 60,
+            nanos: 0,
+        }),
+        pay_time: Some(prost_types::Timestamp {
+            seconds: now - 30,
+            nanos: 0,
+        }),
         ..Default::default()
     }
 }
@@ -121,19 +138,27 @@ async fn killed_mid_ingest_loses_nothing_and_duplicates_nothing() {
     let mut child = start(&data, &config, &listen, &data.join("first.log"));
     wait_serving(channel.clone()).await;
     let demo: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(data.join("demo-shop.json")).expect("demo")).expect("json");
+        serde_json::from_str(&std::fs::read_to_string(data.join("demo-shop.json")).expect("demo"))
+            .expect("json");
     let key = demo["api_key"].as_str().expect("key").to_owned();
 
     let acked = Arc::new(Mutex::new(Vec::<String>::new()));
     let running = Arc::new(AtomicBool::new(true));
     let mut writers = Vec::new();
     for w in 0..8 {
-        let (acked, running, mut c) = (acked.clone(), running.clone(), client(channel.clone(), &key));
+        let (acked, running, mut c) = (
+            acked.clone(),
+            running.clone(),
+            client(channel.clone(), &key),
+        );
         writers.push(tokio::spawn(async move {
             let mut i = 0;
             while running.load(Ordering::Relaxed) {
                 let no = format!("K{w}-{i}");
-                if c.record_order(order(&no, &format!("buyer{}", w % 3))).await.is_ok() {
+                if c.record_order(order(&no, &format!("buyer{}", w % 3)))
+                    .await
+                    .is_ok()
+                {
                     acked.lock().expect("acked").push(no);
                 }
                 i += 1;
@@ -148,7 +173,11 @@ async fn killed_mid_ingest_loses_nothing_and_duplicates_nothing() {
         let _ = w.await;
     }
     let acked: Vec<String> = acked.lock().expect("acked").clone();
-    assert!(acked.len() > 10, "the writers got going before the kill ({} orders)", acked.len());
+    assert!(
+        acked.len() > 10,
+        "the writers got going before the kill ({} orders)",
+        acked.len()
+    );
     eprintln!("{} orders acknowledged before the kill", acked.len());
 
     let mut child = start(&data, &config, &listen, &data.join("second.log"));
@@ -189,7 +218,11 @@ async fn killed_mid_ingest_loses_nothing_and_duplicates_nothing() {
                 .expect("orders")
                 .into_inner();
             for o in page.orders {
-                assert!(stored.insert(o.order_no.clone()), "{} listed twice", o.order_no);
+                assert!(
+                    stored.insert(o.order_no.clone()),
+                    "{} listed twice",
+                    o.order_no
+                );
                 mine += 1;
             }
             if page.next_page_token.is_empty() {
@@ -198,7 +231,10 @@ async fn killed_mid_ingest_loses_nothing_and_duplicates_nothing() {
             token = page.next_page_token;
         }
         let stats = customer.stats.expect("stats");
-        assert_eq!(stats.order_count, mine, "buyer{b}'s order count matches its orders");
+        assert_eq!(
+            stats.order_count, mine,
+            "buyer{b}'s order count matches its orders"
+        );
         assert_eq!(stats.spent_fen, mine * 1_000);
         counted += mine;
     }
@@ -212,11 +248,17 @@ async fn killed_mid_ingest_loses_nothing_and_duplicates_nothing() {
         .await;
     let mut per_order: BTreeMap<(String, String), usize> = BTreeMap::new();
     for e in seen.iter().filter(|e| e.event_type.starts_with("order.")) {
-        *per_order.entry((e.event_type.clone(), e.order_no.clone())).or_default() += 1;
+        *per_order
+            .entry((e.event_type.clone(), e.order_no.clone()))
+            .or_default() += 1;
     }
     for no in &stored {
         for t in ["order.created", "order.paid"] {
-            assert_eq!(per_order.get(&(t.to_owned(), no.clone())), Some(&1), "{t} of {no}");
+            assert_eq!(
+                per_order.get(&(t.to_owned(), no.clone())),
+                Some(&1),
+                "{t} of {no}"
+            );
         }
     }
     child.kill().expect("stop");
