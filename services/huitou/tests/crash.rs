@@ -60,18 +60,14 @@ async fn wait_serving(channel: Channel) {
     }
 }
 
-type Client = CustomerServiceClient<
-    tonic::service::interceptor::InterceptedService<
-        Channel,
-        Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>,
-    >,
->;
+type Intercept =
+    Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
+type Client =
+    CustomerServiceClient<tonic::service::interceptor::InterceptedService<Channel, Intercept>>;
 
 fn client(channel: Channel, key: &str) -> Client {
     let bearer: MetadataValue<_> = format!("Bearer {key}").parse().expect("metadata");
-    let interceptor: Box<
-        dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send,
-    > = Box::new(move |mut r: tonic::Request<()>| {
+    let interceptor: Intercept = Box::new(move |mut r: tonic::Request<()>| {
         r.metadata_mut().insert("authorization", bearer.clone());
         Ok(r)
     });
