@@ -176,6 +176,22 @@ impl TestSuite {
         }
     }
 
+    /// Starts a second replica over the same storage and cache; its client
+    /// channel and a handle that stops it when dropped.
+    pub async fn replica(&self) -> (Channel, oneshot::Sender<()>) {
+        let suite = Suite::open(self.settings.clone(), false)
+            .await
+            .expect("replica opens");
+        let (_, stop, _task, channel) = serve(suite).await;
+        (channel, stop)
+    }
+
+    /// A customer-service client presenting `key` over `channel`.
+    pub fn customers_via(&self, channel: Channel, key: &str) -> Customers {
+        let bearer = Bearer(format!("Bearer {key}").parse().expect("metadata"));
+        CustomerServiceClient::with_interceptor(channel, bearer)
+    }
+
     /// A channel to any address, for calling other test servers.
     pub fn channel_to(&self, address: SocketAddr) -> Channel {
         tonic::transport::Endpoint::from_shared(format!("http://{address}"))

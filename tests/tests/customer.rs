@@ -1000,3 +1000,43 @@ async fn consent_tags_attributes_and_erasure() {
     );
     suite.stop().await;
 }
+
+#[tokio::test]
+async fn replicas_sharing_redis_read_each_others_writes_at_once() {
+    let suite = TestSuite::start("replicas").await;
+    if suite.settings.customer.cache.redis_url.is_empty() {
+        // Replicas share a cache only through Redis; the embedded default is
+        // one process. This runs in the PostgreSQL + Redis pass of CI.
+        eprintln!("needs Redis; set {}", huitou_testkit::REDIS_ENV);
+        suite.stop().await;
+        return;
+    }
+    let (channel, _stop_replica) = suite.replica().await;
+    let mut a = suite.customers(&suite.shop.storefront);
+    let mut b = suite.customers_via(channel, &suite.shop.storefront);
+    for round in 0..20i64 {
+        a.record_order(paid_order(
+            &format!("RP-{round}"),
+            "shared",
+            vec![item("S", "c", 1, 100)],
+        ))
+        .await
+        .expect("write on replica A");
+        let read = b
+            .get_customer(pb::GetCustomerRequest {
+                buyer_nick: "shared".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("read on replica B")
+            .into_inner()
+            .customer
+            .expect("customer");
+        assert_eq!(
+            read.stats.expect("stats").order_count,
+            round + 1,
+            "round {round}"
+        );
+    }
+    suite.stop().await;
+}

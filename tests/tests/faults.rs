@@ -280,15 +280,13 @@ async fn hung_database_is_deadline_exceeded_and_dead_database_unavailable() {
 
     link.send(Link::Hung).expect("hang");
     let started = std::time::Instant::now();
-    let mut request = tonic::Request::new(pb::GetCustomerRequest {
-        buyer_nick: "dora".into(),
+    // GetOrder always reads the database (GetCustomer may be a cache hit).
+    let mut request = tonic::Request::new(pb::GetOrderRequest {
+        order_no: "D-1".into(),
         ..Default::default()
     });
     request.set_timeout(Duration::from_millis(800));
-    let hung = client
-        .get_customer(request)
-        .await
-        .expect_err("hung database");
+    let hung = client.get_order(request).await.expect_err("hung database");
     assert_eq!(hung.code(), Code::DeadlineExceeded, "{}", hung.message());
     assert!(
         started.elapsed() < Duration::from_secs(3),

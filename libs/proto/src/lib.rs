@@ -18,6 +18,12 @@ pub mod customer {
     }
 }
 
+pub mod bench {
+    pub mod v1 {
+        tonic::include_proto!("huitou.bench.v1");
+    }
+}
+
 pub mod events {
     pub mod v1 {
         tonic::include_proto!("huitou.events.v1");

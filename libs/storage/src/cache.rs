@@ -34,6 +34,17 @@ pub trait Cache: Send + Sync + 'static {
         value: &'a [u8],
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(), CacheError>>;
+    /// Stores `value` under `key` for `ttl` unless the entry there carries a
+    /// version at least `version`: writers and readers racing to fill a
+    /// cache can then never put an older value over a newer one. Read it back
+    /// with [`get_versioned`].
+    fn put_if_newer<'a>(
+        &'a self,
+        key: &'a str,
+        version: i64,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), CacheError>>;
     /// Removes `key`.
     fn remove<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), CacheError>>;
     /// Adds `by` to the counter under `key` and returns the new value; a new
@@ -46,6 +57,29 @@ pub trait Cache: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<i64, CacheError>>;
     /// `redis` or `in-process`.
     fn kind(&self) -> &'static str;
+}
+
+/// Width of the version prefix of versioned entries (decimal, zero-padded).
+const VERSION_WIDTH: usize = 20;
+
+fn versioned(version: i64, value: &[u8]) -> Vec<u8> {
+    let mut out = format!("{:0width$}", version.max(0), width = VERSION_WIDTH).into_bytes();
+    out.extend_from_slice(value);
+    out
+}
+
+fn version_of(entry: &[u8]) -> Option<i64> {
+    std::str::from_utf8(entry.get(..VERSION_WIDTH)?)
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Reads a versioned entry: its version and value.
+pub async fn get_versioned(cache: &dyn Cache, key: &str) -> Option<(i64, Vec<u8>)> {
+    let entry = cache.get(key).await.ok().flatten()?;
+    let version = version_of(&entry)?;
+    Some((version, entry[VERSION_WIDTH..].to_vec()))
 }
 
 /// A cache key for `shop_id`, hash-tagged for Redis Cluster.
@@ -189,6 +223,24 @@ impl LocalCache {
         });
     }
 
+    fn put_if_newer_now(&self, key: &str, version: i64, value: &[u8], ttl: Duration) {
+        self.with_shard(key, |map| {
+            let now = Instant::now();
+            let newer = match map.get(key) {
+                Some((Entry::Bytes(v), exp)) if *exp > now => {
+                    version_of(v).is_none_or(|old| version > old)
+                }
+                _ => true,
+            };
+            if newer {
+                map.insert(
+                    key.to_owned(),
+                    (Entry::Bytes(versioned(version, value)), now + ttl),
+                );
+            }
+        });
+    }
+
     fn remove_now(&self, key: &str) {
         self.with_shard(key, |map| {
             map.remove(key);
@@ -232,6 +284,19 @@ impl Cache for LocalCache {
         })
     }
 
+    fn put_if_newer<'a>(
+        &'a self,
+        key: &'a str,
+        version: i64,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), CacheError>> {
+        Box::pin(async move {
+            self.put_if_newer_now(key, version, value, ttl);
+            Ok(())
+        })
+    }
+
     fn remove<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), CacheError>> {
         Box::pin(async move {
             self.remove_now(key);
@@ -259,13 +324,27 @@ pub struct RedisCache {
     timeout: Duration,
     fallback: LocalCache,
     incr_script: redis::Script,
+    newer_script: redis::Script,
     failures: AtomicU64,
 }
+
+/// Values written while Redis fails live this long in the process, so
+/// replicas that could not see each other's writes disagree only briefly.
+const FALLBACK_TTL: Duration = Duration::from_secs(2);
 
 const INCR_WITH_EXPIRY: &str = r"
 local v = redis.call('INCRBY', KEYS[1], ARGV[1])
 if v == tonumber(ARGV[1]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return v";
+
+const PUT_IF_NEWER: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local old = tonumber(string.sub(cur, 1, 20))
+  if old and old >= tonumber(ARGV[1]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1";
 
 impl RedisCache {
     /// Connects lazily to `url`.
@@ -283,6 +362,7 @@ impl RedisCache {
             timeout,
             fallback,
             incr_script: redis::Script::new(INCR_WITH_EXPIRY),
+            newer_script: redis::Script::new(PUT_IF_NEWER),
             failures: AtomicU64::new(0),
         })
     }
@@ -349,7 +429,32 @@ impl Cache for RedisCache {
                 .await
                 .is_err()
             {
-                self.fallback.put_now(key, value, ttl);
+                self.fallback.put_now(key, value, ttl.min(FALLBACK_TTL));
+            }
+            Ok(())
+        })
+    }
+
+    fn put_if_newer<'a>(
+        &'a self,
+        key: &'a str,
+        version: i64,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), CacheError>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let mut invocation = self.newer_script.key(key);
+            invocation
+                .arg(version)
+                .arg(versioned(version, value))
+                .arg(ttl.as_millis().max(1) as u64);
+            let stored = self
+                .bounded(async move { invocation.invoke_async::<i64>(&mut conn).await })
+                .await;
+            if stored.is_err() {
+                self.fallback
+                    .put_if_newer_now(key, version, value, ttl.min(FALLBACK_TTL));
             }
             Ok(())
         })
@@ -463,6 +568,93 @@ mod tests {
             refused.map_err(|f| f.code),
             Err(tonic::Code::ResourceExhausted)
         );
+    }
+
+    async fn behaves_as_a_cache(cache: &dyn Cache, prefix: &str) {
+        let key = |k: &str| format!("{prefix}:{k}");
+        assert_eq!(cache.get(&key("missing")).await.ok().flatten(), None);
+        cache
+            .put(&key("v"), b"hello", Duration::from_millis(300))
+            .await
+            .ok();
+        assert_eq!(
+            cache.get(&key("v")).await.ok().flatten(),
+            Some(b"hello".to_vec())
+        );
+        cache.remove(&key("v")).await.ok();
+        assert_eq!(cache.get(&key("v")).await.ok().flatten(), None);
+        assert_eq!(
+            cache
+                .incr(&key("n"), 2, Duration::from_millis(300))
+                .await
+                .ok(),
+            Some(2)
+        );
+        assert_eq!(
+            cache
+                .incr(&key("n"), 5, Duration::from_millis(300))
+                .await
+                .ok(),
+            Some(7)
+        );
+        cache
+            .put_if_newer(&key("c"), 5, b"five", Duration::from_secs(5))
+            .await
+            .ok();
+        cache
+            .put_if_newer(&key("c"), 4, b"four", Duration::from_secs(5))
+            .await
+            .ok();
+        assert_eq!(
+            get_versioned(cache, &key("c")).await,
+            Some((5, b"five".to_vec())),
+            "older never wins"
+        );
+        cache
+            .put_if_newer(&key("c"), 6, b"six", Duration::from_secs(5))
+            .await
+            .ok();
+        assert_eq!(
+            get_versioned(cache, &key("c")).await,
+            Some((6, b"six".to_vec()))
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(
+            cache
+                .incr(&key("n"), 1, Duration::from_millis(300))
+                .await
+                .ok(),
+            Some(1),
+            "a new window"
+        );
+    }
+
+    #[tokio::test]
+    async fn redis_and_in_process_caches_behave_alike() {
+        behaves_as_a_cache(&LocalCache::new(1000), "local").await;
+        // CI sets HUITOU_TEST_REDIS_URL; then Redis must answer.
+        if let Ok(url) = std::env::var("HUITOU_TEST_REDIS_URL") {
+            let redis = RedisCache::new(&url, Duration::from_millis(500), LocalCache::new(100))
+                .expect("client");
+            redis
+                .ping()
+                .await
+                .expect("HUITOU_TEST_REDIS_URL is set but Redis does not answer");
+            let prefix = format!("test:{}", uuid::Uuid::now_v7());
+            behaves_as_a_cache(&redis, &prefix).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dead_redis_falls_back_to_the_process() {
+        let redis = RedisCache::new(
+            "redis://127.0.0.1:1",
+            Duration::from_millis(50),
+            LocalCache::new(100),
+        )
+        .expect("client");
+        assert!(redis.ping().await.is_err());
+        behaves_as_a_cache(&redis, "dead").await;
     }
 
     #[test]

@@ -178,7 +178,11 @@ impl Database {
             ..TransactionOptions::default()
         };
         let tx = self.conn.begin_with_options(options).await?;
-        Ok(WriteTx { tx, _gate: gate })
+        Ok(WriteTx {
+            tx,
+            _gate: gate,
+            after_commit: std::sync::Mutex::new(Vec::new()),
+        })
     }
 
     /// Checks the database answers.
@@ -237,13 +241,35 @@ fn to_sqlite_placeholders(sql: &str) -> String {
 pub struct WriteTx {
     tx: DatabaseTransaction,
     _gate: Option<OwnedMutexGuard<()>>,
+    after_commit: std::sync::Mutex<Vec<AfterCommit>>,
 }
+
+/// Work that must follow a successful commit (refreshing a cache entry).
+pub type AfterCommit = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 impl WriteTx {
     /// Commits.
+    /// Commits, then runs the after-commit work before returning, so a
+    /// caller that sees the answer also sees caches refreshed. A rollback
+    /// drops the work.
     pub async fn commit(self) -> Result<(), StorageError> {
+        let work = match self.after_commit.lock() {
+            Ok(mut w) => std::mem::take(&mut *w),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        };
         self.tx.commit().await?;
+        for w in work {
+            w.await;
+        }
         Ok(())
+    }
+
+    /// Schedules `work` to run after a successful commit.
+    pub fn after_commit(&self, work: AfterCommit) {
+        match self.after_commit.lock() {
+            Ok(mut w) => w.push(work),
+            Err(poisoned) => poisoned.into_inner().push(work),
+        }
     }
 
     /// The backend of the transaction.

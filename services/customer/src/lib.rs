@@ -4,6 +4,7 @@
 //! leaving as an event through the outbox.
 
 pub mod api;
+pub mod cache;
 pub mod domain;
 pub mod error;
 pub mod events;
@@ -16,7 +17,7 @@ use huitou_proto::customer::v1::customer_service_server::CustomerServiceServer;
 use huitou_proto::customer::v1::shop_service_server::ShopServiceServer;
 use huitou_runtime::auth::KeyVerifier;
 use huitou_runtime::server::GrpcServer;
-use huitou_storage::cache::{Cache, CacheConfig};
+use huitou_storage::cache::CacheConfig;
 use huitou_storage::outbox::{Outbox, OutboxConfig, Relay};
 use huitou_storage::{Database, DatabaseConfig};
 use sea_orm_migration::MigratorTrait;
@@ -83,7 +84,6 @@ pub struct CustomerService {
     pub store: Store,
     /// Its key check, which every service in the process can use.
     pub keys: Arc<StoredKeys>,
-    cache: Arc<dyn Cache>,
     config: CustomerConfig,
 }
 
@@ -106,11 +106,15 @@ impl CustomerService {
         }
         let vault = Vault::new(&config.personal_data).map_err(|e| StartError(e.to_string()))?;
         let cache = config.cache.open().map_err(|e| StartError(e.to_string()))?;
-        let store = Store::new(db, Arc::new(vault), Outbox::new());
+        let store = Store::new(
+            db,
+            Arc::new(vault),
+            Outbox::new(),
+            cache::CustomerCache::new(cache),
+        );
         Ok(Self {
             keys: Arc::new(StoredKeys::new(store.clone())),
             store,
-            cache,
             config: config.clone(),
         })
     }
@@ -123,11 +127,7 @@ impl CustomerService {
     /// Adds the service's gRPC services to `server`.
     pub fn register(&self, server: &mut GrpcServer) {
         let limit = server.config().max_message_bytes;
-        let customers = api::customers::CustomerApi::new(
-            self.store.clone(),
-            self.cache.clone(),
-            self.config.limits,
-        );
+        let customers = api::customers::CustomerApi::new(self.store.clone(), self.config.limits);
         let shops = api::shops::ShopApi::new(self.store.clone(), self.keys.clone());
         server.add_service(
             CustomerServiceServer::new(customers)

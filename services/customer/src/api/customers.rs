@@ -1,14 +1,13 @@
 //! `huitou.customer.v1.CustomerService`: check, scope to the caller's shop,
 //! call the store, convert.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use huitou_proto::customer::v1 as pb;
 use huitou_proto::customer::v1::customer_service_server::CustomerService;
 use huitou_runtime::auth::caller;
 use huitou_runtime::{Caller, Failure, FieldViolations};
-use huitou_storage::cache::{Cache, rate_limit, shop_key};
+use huitou_storage::cache::{rate_limit, shop_key};
 use huitou_storage::idempotency::{IdempotencyKey, check_request_id};
 use huitou_storage::{now_micros, outbox};
 use tokio_stream::StreamExt;
@@ -46,18 +45,13 @@ impl Default for PersonalDataLimits {
 /// The customer service's handlers.
 pub struct CustomerApi {
     store: Store,
-    cache: Arc<dyn Cache>,
     limits: PersonalDataLimits,
 }
 
 impl CustomerApi {
     /// Handlers over `store`.
-    pub fn new(store: Store, cache: Arc<dyn Cache>, limits: PersonalDataLimits) -> Self {
-        Self {
-            store,
-            cache,
-            limits,
-        }
+    pub fn new(store: Store, limits: PersonalDataLimits) -> Self {
+        Self { store, limits }
     }
 
     async fn step(
@@ -128,7 +122,7 @@ impl CustomerService for CustomerApi {
                         store.lock_or_create_by_nick(tx, &shop, &nick).await?;
                     let changed = record.apply_profile(&store.vault, &changes)?;
                     if created || !changed.is_empty() {
-                        record.save(tx, created).await?;
+                        store.save_customer(tx, &mut record, created).await?;
                     }
                     let mut pending = Vec::new();
                     if created {
@@ -160,17 +154,26 @@ impl CustomerService for CustomerApi {
             &req.buyer_nick,
             "buyer_nick",
         )?;
-        let record = if req.customer_id.is_empty() {
-            self.store
-                .customer_by_nick(&caller.shop_id, &req.buyer_nick)
-                .await?
+        let shop = &caller.shop_id;
+        let cached_id = if req.customer_id.is_empty() {
+            self.store.cache.id_for_nick(shop, &req.buyer_nick).await
         } else {
-            self.store
-                .customer(&caller.shop_id, &req.customer_id)
-                .await?
+            Some(req.customer_id.clone())
         };
+        if let Some(id) = &cached_id
+            && let Some(customer) = self.store.cache.get(shop, id).await
+        {
+            return Ok(Response::new(pb::GetCustomerResponse {
+                customer: Some(customer),
+            }));
+        }
+        let record = match cached_id {
+            Some(id) => self.store.customer(shop, &id).await?,
+            None => self.store.customer_by_nick(shop, &req.buyer_nick).await?,
+        };
+        let customer = self.store.cache.remember(shop, &record.customer).await;
         Ok(Response::new(pb::GetCustomerResponse {
-            customer: Some(convert::customer(&record.customer)),
+            customer: Some(customer),
         }))
     }
 
@@ -247,7 +250,7 @@ impl CustomerService for CustomerApi {
             .map_err(|why| Failure::invalid_field("phone", why))?;
         let key = shop_key(&caller.shop_id, &["phone-lookups", &caller.key_id]);
         rate_limit(
-            &*self.cache,
+            &**self.store.cache.inner(),
             &key,
             self.limits.phone_lookups_per_minute,
             Duration::from_secs(60),
@@ -283,7 +286,7 @@ impl CustomerService for CustomerApi {
         let field = field.ok_or_else(|| Failure::invalid_field("field", "is required"))?;
         let key = shop_key(&caller.shop_id, &["reveals", &caller.key_id]);
         rate_limit(
-            &*self.cache,
+            &**self.store.cache.inner(),
             &key,
             self.limits.reveals_per_hour,
             Duration::from_secs(3600),
@@ -407,7 +410,7 @@ impl CustomerService for CustomerApi {
                         .is_none_or(|c| c.decided_at <= consent.decided_at);
                     if newer {
                         record.customer.consents.insert(channel_number, consent);
-                        record.update(tx).await?;
+                        store.save_customer(tx, &mut record, false).await?;
                         outbox::append(
                             tx,
                             events::customer_updated(
@@ -480,7 +483,7 @@ impl CustomerService for CustomerApi {
                     }
                     record.customer.tags = tags.into_iter().collect();
                     if record.customer.tags != before {
-                        record.update(tx).await?;
+                        store.save_customer(tx, &mut record, false).await?;
                         outbox::append(
                             tx,
                             events::customer_updated(&shop, &record.customer, vec!["tags".into()]),
@@ -569,7 +572,7 @@ impl CustomerService for CustomerApi {
                         .into());
                     }
                     if !changed.is_empty() {
-                        record.update(tx).await?;
+                        store.save_customer(tx, &mut record, false).await?;
                         outbox::append(
                             tx,
                             events::customer_updated(&shop, &record.customer, changed),
@@ -610,8 +613,16 @@ impl CustomerService for CustomerApi {
                         .lock_customer(tx, &caller.shop_id, &customer_id)
                         .await?;
                     if record.customer.erased_at.is_none() {
+                        let (cache, shop, nick) = (
+                            store.cache.clone(),
+                            caller.shop_id.clone(),
+                            record.customer.buyer_nick.clone(),
+                        );
+                        tx.after_commit(Box::pin(
+                            async move { cache.forget_nick(&shop, &nick).await },
+                        ));
                         record.erase();
-                        record.update(tx).await?;
+                        store.save_customer(tx, &mut record, false).await?;
                         store
                             .forget_consent_history(tx, &caller.shop_id, &customer_id)
                             .await?;

@@ -321,7 +321,7 @@ impl CustomerRecord {
     }
 
     /// Inserts the customer.
-    pub async fn insert(&mut self, tx: &WriteTx) -> Result<(), CustomerError> {
+    async fn insert(&mut self, tx: &WriteTx) -> Result<(), CustomerError> {
         let placeholders: Vec<String> = (1..=28).map(|i| format!("${i}")).collect();
         tx.execute(
             &format!(
@@ -334,8 +334,9 @@ impl CustomerRecord {
         self.sync_tags(tx).await
     }
 
-    /// Inserts a new record or updates a known one.
-    pub async fn save(&mut self, tx: &WriteTx, is_new: bool) -> Result<(), CustomerError> {
+    /// Inserts a new record or updates a known one (through
+    /// [`Store::save_customer`], which also refreshes the cache).
+    pub(crate) async fn save(&mut self, tx: &WriteTx, is_new: bool) -> Result<(), CustomerError> {
         if is_new {
             self.insert(tx).await
         } else {
@@ -344,8 +345,9 @@ impl CustomerRecord {
     }
 
     /// Writes every column back and stamps the update time.
-    pub async fn update(&mut self, tx: &WriteTx) -> Result<(), CustomerError> {
-        self.customer.updated_at = now_micros().max(self.customer.updated_at);
+    async fn update(&mut self, tx: &WriteTx) -> Result<(), CustomerError> {
+        // Strictly increasing: the update time versions cache entries.
+        self.customer.updated_at = now_micros().max(self.customer.updated_at + 1);
         let columns: Vec<&str> = COLUMNS.split(", ").collect();
         let sets: Vec<String> = columns
             .iter()

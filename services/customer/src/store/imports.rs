@@ -203,6 +203,19 @@ impl Store {
             .await?;
         }
         outbox::append_many(tx, pending_events).await?;
+        let refreshed: Vec<_> = buyers
+            .into_values()
+            .map(|(mut record, _)| {
+                record.customer.updated_at = now;
+                record.customer
+            })
+            .collect();
+        let (cache, shop) = (self.cache.clone(), shop_id.to_owned());
+        tx.after_commit(Box::pin(async move {
+            for customer in &refreshed {
+                cache.remember(&shop, customer).await;
+            }
+        }));
 
         tx.execute(
             "INSERT INTO order_imports (shop_id, id, rows_imported, rows_skipped, rows_rejected, last_row_number, created_at, updated_at)

@@ -17,6 +17,7 @@ use huitou_storage::outbox::Outbox;
 use huitou_storage::{Database, StorageError, WriteTx};
 use prost::Message;
 
+use crate::cache::CustomerCache;
 use crate::error::CustomerError;
 
 /// Attempts of a write that lost a race (a unique key taken by a concurrent
@@ -32,12 +33,39 @@ pub struct Store {
     pub vault: Arc<Vault>,
     /// Wakes the relay after commits.
     pub outbox: Outbox,
+    /// Customers as read at checkout.
+    pub cache: CustomerCache,
 }
 
 impl Store {
     /// A store over `db`.
-    pub fn new(db: Database, vault: Arc<Vault>, outbox: Outbox) -> Self {
-        Self { db, vault, outbox }
+    pub fn new(db: Database, vault: Arc<Vault>, outbox: Outbox, cache: CustomerCache) -> Self {
+        Self {
+            db,
+            vault,
+            outbox,
+            cache,
+        }
+    }
+
+    /// Writes a customer (inserting a new one) and refreshes its cache
+    /// entry once the transaction commits.
+    pub async fn save_customer(
+        &self,
+        tx: &WriteTx,
+        record: &mut customers::CustomerRecord,
+        is_new: bool,
+    ) -> Result<(), CustomerError> {
+        record.save(tx, is_new).await?;
+        let (cache, shop, customer) = (
+            self.cache.clone(),
+            record.shop_id.clone(),
+            record.customer.clone(),
+        );
+        tx.after_commit(Box::pin(async move {
+            cache.remember(&shop, &customer).await;
+        }));
+        Ok(())
     }
 
     /// Runs `work` in a write transaction, once per request id: a retry of an

@@ -337,7 +337,8 @@ impl Store {
                 filled,
             ));
         }
-        customer.save(tx, created_customer).await?;
+        self.save_customer(tx, &mut customer, created_customer)
+            .await?;
         self.insert_order(tx, shop_id, &order).await?;
         outbox::append_many(tx, pending_events).await?;
         Ok((order, true))
@@ -379,7 +380,7 @@ impl Store {
                 let mut customer: CustomerRecord =
                     self.lock_customer(tx, shop_id, &order.customer_id).await?;
                 customer.apply_stats(delta);
-                customer.update(tx).await?;
+                self.save_customer(tx, &mut customer, false).await?;
                 customer.customer.stats.order_count
             }
             _ => 0,

@@ -1,0 +1,141 @@
+//! Closed- and open-loop load with latency percentiles.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// What a load run measured.
+#[derive(Debug, Clone)]
+pub struct Measured {
+    /// Successful calls.
+    pub ok: u64,
+    /// Failed calls.
+    pub failed: u64,
+    /// Wall time of the measured window.
+    pub elapsed: Duration,
+    /// Sorted latencies of successful calls, in microseconds.
+    pub latencies_us: Vec<u32>,
+}
+
+impl Measured {
+    /// Successful calls per second.
+    pub fn per_second(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// The latency at quantile `q` (0-1), in milliseconds.
+    pub fn quantile_ms(&self, q: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.latencies_us.len() as f64 - 1.0) * q).round() as usize;
+        self.latencies_us[i] as f64 / 1000.0
+    }
+
+    fn merge(parts: Vec<(u64, u64, Vec<u32>)>, elapsed: Duration) -> Measured {
+        let mut ok = 0;
+        let mut failed = 0;
+        let mut latencies_us = Vec::new();
+        for (o, f, l) in parts {
+            ok += o;
+            failed += f;
+            latencies_us.extend(l);
+        }
+        latencies_us.sort_unstable();
+        Measured {
+            ok,
+            failed,
+            elapsed,
+            latencies_us,
+        }
+    }
+}
+
+/// Runs `workers` loops of `call` for `warmup` (not counted) then `duration`.
+/// `call(worker, i)` returns whether the call succeeded.
+pub async fn closed_loop<F, Fut>(
+    workers: usize,
+    warmup: Duration,
+    duration: Duration,
+    call: F,
+) -> Measured
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send,
+{
+    let call = Arc::new(call);
+    let counting = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let (call, counting, stop) = (call.clone(), counting.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut failed, mut lat) = (0u64, 0u64, Vec::with_capacity(1 << 16));
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let good = call(w, i).await;
+                i += 1;
+                if counting.load(Ordering::Relaxed) {
+                    if good {
+                        ok += 1;
+                        lat.push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                    } else {
+                        failed += 1;
+                    }
+                }
+            }
+            (ok, failed, lat)
+        }));
+    }
+    tokio::time::sleep(warmup).await;
+    counting.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(duration).await;
+    counting.store(false, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let mut parts = Vec::new();
+    for t in tasks {
+        if let Ok(p) = t.await {
+            parts.push(p);
+        }
+    }
+    Measured::merge(parts, elapsed)
+}
+
+/// Starts calls at a fixed `rate` per second for `duration`, whatever the
+/// answers' speed (open loop), and measures each call's latency from its
+/// scheduled start.
+pub async fn open_loop<F, Fut>(rate: f64, duration: Duration, call: F) -> Measured
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send + 'static,
+{
+    let call = Arc::new(call);
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
+    let total = (rate * duration.as_secs_f64()) as u64;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let started = Instant::now();
+    for i in 0..total {
+        let due = started + interval.mul_f64(i as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let (call, tx) = (call.clone(), tx.clone());
+        tokio::spawn(async move {
+            let good = call(i).await;
+            let _ = tx.send((good, due.elapsed().as_micros().min(u32::MAX as u128) as u32));
+        });
+    }
+    drop(tx);
+    let (mut ok, mut failed, mut lat) = (0, 0, Vec::new());
+    while let Some((good, us)) = rx.recv().await {
+        if good {
+            ok += 1;
+            lat.push(us);
+        } else {
+            failed += 1;
+        }
+    }
+    Measured::merge(vec![(ok, failed, lat)], started.elapsed())
+}

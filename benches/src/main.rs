@@ -1,0 +1,171 @@
+//! `huitou-bench`: measures Huitou against the physical limits it is judged
+//! by, in one run, and prints a Markdown report (see docs/benchmarks.md).
+//!
+//! The servers run on their own runtime and the load on another, both in
+//! this process, for the limit and for Huitou alike.
+
+mod fixture;
+mod import;
+mod load;
+mod orders;
+mod report;
+mod rpc;
+mod startup;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use fixture::Backend;
+use report::Report;
+
+#[derive(Parser)]
+#[command(
+    name = "huitou-bench",
+    about = "Huitou benchmarks, each beside its limit"
+)]
+struct Cli {
+    /// A PostgreSQL server for the database benchmarks (a fresh database per
+    /// measurement); without it, SQLite files.
+    #[arg(long, env = "HUITOU_BENCH_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Redis for the cache (empty: in-process).
+    #[arg(long, default_value = "")]
+    redis_url: String,
+    /// Seconds per measured run.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(Subcommand, Clone)]
+enum What {
+    /// GetCustomer against bare tonic echo.
+    Rpc {
+        /// Concurrent callers.
+        #[arg(long, default_value_t = 64)]
+        workers: usize,
+        /// Connections they share.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+    },
+    /// RecordOrder against raw single-row inserts.
+    Orders {
+        /// Concurrent writers.
+        #[arg(long, default_value_t = 16)]
+        workers: usize,
+    },
+    /// ImportOrders against COPY.
+    Import {
+        /// Orders to import.
+        #[arg(long, default_value_t = 200_000)]
+        orders: usize,
+    },
+    /// `huitou up` start-up and idle memory.
+    Startup {
+        /// The huitou binary (default: next to this one).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+    },
+    /// Everything above with defaults.
+    All,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let servers = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("server")
+        .enable_all()
+        .build()?;
+    let load = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("load")
+        .enable_all()
+        .build()?;
+    let backend = match &cli.database_url {
+        Some(url) if !url.is_empty() => Backend::Postgres(url.clone()),
+        _ => Backend::Sqlite,
+    };
+    let duration = Duration::from_secs(cli.seconds);
+    let handle = servers.handle().clone();
+    let mut report = Report::default();
+    load.block_on(async {
+        let what = cli.what.clone();
+        let all = matches!(what, What::All);
+        if let What::Rpc {
+            workers,
+            connections,
+        } = what
+        {
+            rpc_bench(
+                workers,
+                connections,
+                duration,
+                &backend,
+                &cli.redis_url,
+                &handle,
+                &mut report,
+            )
+            .await?;
+        } else if all {
+            rpc_bench(
+                64,
+                4,
+                duration,
+                &backend,
+                &cli.redis_url,
+                &handle,
+                &mut report,
+            )
+            .await?;
+        }
+        if let What::Orders { workers } = what {
+            orders::run(workers, duration, &backend, &handle, &mut report).await?;
+        } else if all {
+            orders::run(16, duration, &backend, &handle, &mut report).await?;
+        }
+        if let What::Import { orders } = what {
+            import::run(orders, &backend, &handle, &mut report).await?;
+        } else if all {
+            import::run(200_000, &backend, &handle, &mut report).await?;
+        }
+        let binary = match &what {
+            What::Startup { binary } => Some(binary.clone()),
+            What::All => Some(None),
+            _ => None,
+        };
+        if let Some(binary) = binary {
+            let binary = match binary {
+                Some(b) => b,
+                None => std::env::current_exe()?.with_file_name("huitou"),
+            };
+            startup::run(&binary, 5, &mut report).await?;
+        }
+        anyhow::Ok(())
+    })?;
+    println!("{}", report.render());
+    drop(servers);
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn rpc_bench(
+    workers: usize,
+    connections: usize,
+    duration: Duration,
+    backend: &Backend,
+    redis_url: &str,
+    servers: &tokio::runtime::Handle,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let bench = rpc::RpcBench {
+        workers,
+        connections,
+        duration,
+        customers: 2_000,
+    };
+    rpc::run(&bench, backend, redis_url, servers, report).await
+}

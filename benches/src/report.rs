@@ -1,0 +1,61 @@
+//! The benchmark report, as Markdown for docs/benchmarks.md.
+
+use crate::load::Measured;
+
+/// Lines of the report and the targets met or missed.
+#[derive(Default)]
+pub struct Report {
+    lines: Vec<String>,
+    checks: Vec<(String, bool)>,
+    table_open: bool,
+}
+
+impl Report {
+    /// A line of text.
+    pub fn line(&mut self, text: String) {
+        if self.table_open && !text.starts_with('|') {
+            self.lines.push(String::new());
+            self.table_open = false;
+        }
+        self.lines.push(text);
+    }
+
+    /// A measured row, with its ratio to `limit`.
+    pub fn row(&mut self, name: &str, m: &Measured, limit: Option<&Measured>) {
+        if !self.table_open {
+            self.lines.push(String::new());
+            self.lines
+                .push("| measured | calls/s | ratio to limit | p50 ms | p99 ms | failed |".into());
+            self.lines.push("|---|---:|---:|---:|---:|---:|".into());
+            self.table_open = true;
+        }
+        let ratio = limit.map_or("1.00".to_owned(), |l| {
+            format!("{:.2}", m.per_second() / l.per_second())
+        });
+        self.lines.push(format!(
+            "| {name} | {:.0} | {ratio} | {:.2} | {:.2} | {} |",
+            m.per_second(),
+            m.quantile_ms(0.5),
+            m.quantile_ms(0.99),
+            m.failed
+        ));
+    }
+
+    /// A target and whether it was met.
+    pub fn check(&mut self, target: &str, met: bool) {
+        self.checks.push((target.to_owned(), met));
+    }
+
+    /// The whole report.
+    pub fn render(&self) -> String {
+        let mut out = self.lines.join("\n");
+        out.push_str("\n\n| target | met |\n|---|---|\n");
+        for (t, met) in &self.checks {
+            out.push_str(&format!(
+                "| {t} | {} |\n",
+                if *met { "yes" } else { "**no**" }
+            ));
+        }
+        out
+    }
+}
