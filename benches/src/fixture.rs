@@ -44,14 +44,48 @@ impl Backend {
                 conn.execute_unprepared(&format!("CREATE DATABASE {name}"))
                     .await?;
                 conn.close().await?;
-                let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(admin);
+                // Swap the database name, keeping any ?host=/socket/dir query.
+                let (path, query) = admin
+                    .split_once('?')
+                    .map_or((admin.as_str(), ""), |(p, q)| (p, q));
+                let base = path.rsplit_once('/').map(|(b, _)| b).unwrap_or(path);
+                let query = if query.is_empty() {
+                    String::new()
+                } else {
+                    format!("?{query}")
+                };
                 Ok(DatabaseConfig {
-                    url: format!("{base}/{name}"),
+                    url: format!("{base}/{name}{query}"),
                     max_connections: 64,
                     ..DatabaseConfig::default()
                 })
             }
         }
+    }
+
+    /// Drops every database this run created (best effort).
+    pub async fn drop_created(&self) {
+        let Backend::Postgres(admin) = self else {
+            return;
+        };
+        let Ok(conn) = sea_orm::Database::connect(admin.as_str()).await else {
+            return;
+        };
+        let names = conn
+            .query_all_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                "SELECT datname FROM pg_database WHERE datname LIKE 'huitou_bench_%'",
+            ))
+            .await
+            .unwrap_or_default();
+        for row in names {
+            if let Ok(name) = row.try_get::<String>("", "datname") {
+                let _ = conn
+                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await;
+            }
+        }
+        let _ = conn.close().await;
     }
 
     /// A name for reports.

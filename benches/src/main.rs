@@ -75,6 +75,11 @@ enum What {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .init();
+    }
     let servers = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("server")
@@ -144,6 +149,7 @@ fn main() -> anyhow::Result<()> {
             };
             startup::run(&binary, 5, &mut report).await?;
         }
+        backend.drop_created().await;
         anyhow::Ok(())
     })?;
     println!("{}", report.render());

@@ -85,13 +85,15 @@ pub async fn run(
     }
     let ids = Arc::new(ids);
 
-    let echo_clients: Vec<_> = (0..bench.connections)
-        .map(|_| channel(echo_address).map(EchoServiceClient::new))
-        .collect::<Result<_, _>>()?;
+    let echo_clients: Arc<Vec<_>> = Arc::new(
+        (0..bench.connections)
+            .map(|_| channel(echo_address).map(EchoServiceClient::new))
+            .collect::<Result<_, _>>()?,
+    );
     let payload = vec![7u8; 64];
     let warm = Duration::from_secs(2);
     let echo = {
-        let (clients, payload) = (Arc::new(echo_clients), payload.clone());
+        let (clients, payload) = (echo_clients.clone(), payload.clone());
         closed_loop(bench.workers, warm, bench.duration, move |w, _| {
             let mut c = clients[w % clients.len()].clone();
             let payload = payload.clone();
@@ -127,6 +129,15 @@ pub async fn run(
         paced_calls(i as usize % 64, i)
     })
     .await;
+    let echo_paced = {
+        let (clients, payload) = (echo_clients.clone(), payload.clone());
+        open_loop(half, bench.duration, move |i| {
+            let mut c = clients[i as usize % clients.len()].clone();
+            let payload = payload.clone();
+            async move { c.echo(EchoRequest { payload }).await.is_ok() }
+        })
+        .await
+    };
 
     let cache = if redis_url.is_empty() {
         "in-process cache"
@@ -148,6 +159,11 @@ pub async fn run(
         paced.quantile_ms(0.99),
         paced.quantile_ms(0.999),
         paced.failed
+    ));
+    report.line(format!(
+        "- bare echo at the same rate, same generator (the harness's own floor): p50 {:.2} ms, p99 {:.2} ms",
+        echo_paced.quantile_ms(0.5),
+        echo_paced.quantile_ms(0.99)
     ));
     report.check(
         "GetCustomer ≥ 0.5x echo",

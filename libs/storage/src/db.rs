@@ -129,6 +129,14 @@ impl Database {
                     .synchronous(SqliteSynchronous::Full)
                     .busy_timeout(Duration::from_secs(10))
                     .foreign_keys(true)
+            })
+            .map_sqlx_postgres_opts(|o| {
+                // Plan every statement for its parameters and the table as
+                // it is now. Generic plans are fixed after five executions:
+                // chosen while a table is still empty they keep scanning it
+                // whole after it has grown (seen as imports slowing
+                // quadratically until autovacuum's next ANALYZE).
+                o.options([("plan_cache_mode", "force_custom_plan")])
             });
         let sqlite = config.url.starts_with("sqlite:");
         if !sqlite {

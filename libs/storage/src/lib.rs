@@ -2,6 +2,7 @@
 //! migrations, idempotent requests, the transactional outbox and its relay,
 //! the inbox of consumed events, and the cache.
 
+pub mod bulk;
 pub mod cache;
 pub mod db;
 pub mod error;

@@ -67,7 +67,7 @@ pub const KIT_TABLES: SqlMigration = SqlMigration {
         "CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at)",
         "CREATE TABLE outbox_events (
             seq {seq_pk},
-            event_id TEXT NOT NULL UNIQUE,
+            event_id TEXT NOT NULL,
             shop_id TEXT NOT NULL,
             event_type TEXT NOT NULL,
             payload {bytes} NOT NULL,

@@ -163,43 +163,35 @@ pub async fn append(tx: &WriteTx, mut event: EventEnvelope) -> Result<(), Storag
     Ok(())
 }
 
-/// Stores many events in `tx` with one statement per chunk.
+/// Stores many events in `tx` in one bulk statement.
 pub async fn append_many(tx: &WriteTx, events: Vec<EventEnvelope>) -> Result<(), StorageError> {
-    const CHUNK: usize = 500;
+    use crate::bulk::{self, Col};
+    const COLUMNS: [(&str, Col); 5] = [
+        ("event_id", Col::Text),
+        ("shop_id", Col::Text),
+        ("event_type", Col::Text),
+        ("payload", Col::Bytes),
+        ("created_at", Col::BigInt),
+    ];
     let (traceparent, tracestate) = telemetry::current_trace_headers();
     let now = now_micros();
-    let mut events = events.into_iter().peekable();
-    while events.peek().is_some() {
-        let chunk: Vec<EventEnvelope> = events.by_ref().take(CHUNK).collect();
-        let mut sql = String::from(
-            "INSERT INTO outbox_events (event_id, shop_id, event_type, payload, created_at) VALUES ",
-        );
-        let mut values = Vec::with_capacity(chunk.len() * 5);
-        for (i, mut event) in chunk.into_iter().enumerate() {
+    let rows: Vec<Vec<Value>> = events
+        .into_iter()
+        .map(|mut event| {
             if event.traceparent.is_empty() {
                 event.traceparent = traceparent.clone();
                 event.tracestate = tracestate.clone();
             }
-            let n = i * 5;
-            if i > 0 {
-                sql.push(',');
-            }
-            sql.push_str(&format!(
-                "(${},${},${},${},${})",
-                n + 1,
-                n + 2,
-                n + 3,
-                n + 4,
-                n + 5
-            ));
-            values.push(event.event_id.clone().into());
-            values.push(event.shop_id.clone().into());
-            values.push(event.event_type().into());
-            values.push(Value::Bytes(Some(event.encode_to_vec())));
-            values.push(now.into());
-        }
-        tx.execute(&sql, values).await?;
-    }
+            vec![
+                event.event_id.clone().into(),
+                event.shop_id.clone().into(),
+                event.event_type().into(),
+                Value::Bytes(Some(event.encode_to_vec())),
+                now.into(),
+            ]
+        })
+        .collect();
+    bulk::insert(tx, "outbox_events", &COLUMNS, rows, "").await?;
     Ok(())
 }
 
@@ -213,12 +205,25 @@ struct PendingRow {
 
 type ConsumerClient = EventConsumerServiceClient<InterceptedService<Channel, InternalCredential>>;
 
+/// How long the relay waits after a wake-up so a burst of commits leaves
+/// as one batch (and one dispatch transaction).
+const LINGER: Duration = Duration::from_millis(10);
+/// How often a pass scans from the start of the outbox, for events whose
+/// transactions committed after those of higher sequence numbers.
+const FULL_SCAN_EVERY: Duration = Duration::from_secs(2);
+
 /// Delivers outbox events to subscribers until stopped.
 pub struct Relay {
     db: Database,
     config: OutboxConfig,
     wake: Arc<Notify>,
     subscribers: Vec<(Subscriber, ConsumerClient)>,
+    /// Rows at or below this seq were all handled when last looked at;
+    /// passes start above it so they do not wade through dispatched rows
+    /// (dead index entries until vacuum). A full scan now and then picks up
+    /// events whose transactions committed after higher ones.
+    scan_from: std::sync::atomic::AtomicI64,
+    last_full_scan: std::sync::Mutex<std::time::Instant>,
     service_name: &'static str,
 }
 
@@ -259,6 +264,8 @@ impl Relay {
             config,
             wake: outbox.wake.clone(),
             subscribers,
+            scan_from: std::sync::atomic::AtomicI64::new(0),
+            last_full_scan: std::sync::Mutex::new(std::time::Instant::now()),
             service_name,
         })
     }
@@ -287,7 +294,10 @@ impl Relay {
             if idle {
                 tokio::select! {
                     _ = &mut stop => return,
-                    _ = self.wake.notified() => {},
+                    _ = self.wake.notified() => {
+                        // Let a burst of commits gather into one batch.
+                        tokio::time::sleep(LINGER).await;
+                    },
                     _ = tokio::time::sleep(poll) => {},
                 }
             } else if futures_ready(&mut stop).await {
@@ -298,6 +308,19 @@ impl Relay {
 
     /// Delivers one batch of due events. Public for tests and `huitou admin`.
     pub async fn pass(&self) -> Result<RelayPass, StorageError> {
+        use std::sync::atomic::Ordering;
+        let full = match self.last_full_scan.lock() {
+            Ok(mut last) if last.elapsed() >= FULL_SCAN_EVERY => {
+                *last = std::time::Instant::now();
+                true
+            }
+            _ => false,
+        };
+        let from = if full {
+            0
+        } else {
+            self.scan_from.load(Ordering::Relaxed)
+        };
         let tx = self.db.begin().await?;
         let now = now_micros();
         // One relay at a time per database keeps delivery in outbox order;
@@ -309,11 +332,11 @@ impl Relay {
         };
         let sql = format!(
             "SELECT seq, event_type, payload, attempts FROM outbox_events
-             WHERE dispatched_at IS NULL AND dead_at IS NULL AND next_attempt_at <= $1
+             WHERE dispatched_at IS NULL AND dead_at IS NULL AND next_attempt_at <= $1 AND seq > $2
              ORDER BY seq LIMIT {}{lock}",
             self.config.batch_size
         );
-        let rows = tx.query_all(&sql, vec![now.into()]).await?;
+        let rows = tx.query_all(&sql, vec![now.into(), from.into()]).await?;
         let rows: Vec<PendingRow> = rows
             .iter()
             .map(|r| PendingRow::from_query_result(r, ""))
@@ -322,6 +345,8 @@ impl Relay {
         if rows.is_empty() {
             return Ok(RelayPass::default());
         }
+        // Advance past this batch, unless something in it must be retried.
+        let batch_max = rows.iter().map(|r| r.seq).max().unwrap_or(from);
         let mut failed: Vec<(i64, String)> = Vec::new();
         for (subscriber, client) in &self.subscribers {
             let mine: Vec<&PendingRow> = rows
@@ -394,6 +419,13 @@ impl Relay {
             }
         }
         tx.commit().await?;
+        let next_from = match failed_seqs.iter().min() {
+            Some(first_failed) => (first_failed - 1).max(from),
+            None => batch_max,
+        };
+        if !full || next_from > self.scan_from.load(Ordering::Relaxed) {
+            self.scan_from.store(next_from, Ordering::Relaxed);
+        }
         Ok(pass)
     }
 

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use huitou_privacy::{SealContext, Vault};
+use huitou_storage::bulk::Col;
 use huitou_storage::{WriteTx, now_micros};
 use sea_orm::{ConnectionTrait, FromQueryResult, Statement, Value};
 
@@ -18,6 +19,38 @@ pub(crate) const COLUMNS: &str = "shop_id, id, buyer_nick, name_sealed, phone_se
     email_sealed, masks, phone_index, birthday_year, birthday_month, birthday_day, gender, region, order_count, \
     item_count, spent_fen, refunded_fen, first_order_at, last_order_at, categories, tags, attributes, consents, \
     created_at, updated_at, erased_at";
+
+/// [`COLUMNS`] with their stored types, for bulk writes.
+pub(crate) const COLUMN_TYPES: [(&str, Col); 28] = [
+    ("shop_id", Col::Text),
+    ("id", Col::Text),
+    ("buyer_nick", Col::Text),
+    ("name_sealed", Col::Bytes),
+    ("phone_sealed", Col::Bytes),
+    ("address_sealed", Col::Bytes),
+    ("wechat_id_sealed", Col::Bytes),
+    ("email_sealed", Col::Bytes),
+    ("masks", Col::Text),
+    ("phone_index", Col::Text),
+    ("birthday_year", Col::Int),
+    ("birthday_month", Col::Int),
+    ("birthday_day", Col::Int),
+    ("gender", Col::Int),
+    ("region", Col::Text),
+    ("order_count", Col::BigInt),
+    ("item_count", Col::BigInt),
+    ("spent_fen", Col::BigInt),
+    ("refunded_fen", Col::BigInt),
+    ("first_order_at", Col::BigInt),
+    ("last_order_at", Col::BigInt),
+    ("categories", Col::Text),
+    ("tags", Col::Text),
+    ("attributes", Col::Text),
+    ("consents", Col::Text),
+    ("created_at", Col::BigInt),
+    ("updated_at", Col::BigInt),
+    ("erased_at", Col::BigInt),
+];
 
 #[derive(Debug, FromQueryResult)]
 struct CustomerRow {

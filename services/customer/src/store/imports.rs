@@ -3,11 +3,11 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use huitou_storage::{WriteTx, now_micros, outbox};
+use huitou_storage::{WriteTx, bulk, now_micros, outbox};
 use sea_orm::{ConnectionTrait, FromQueryResult, Statement, Value};
 
 use super::customers::{self, CustomerRecord};
-use super::orders::{COLUMN_COUNT, COLUMNS as ORDER_COLUMNS, order_values};
+use super::orders::{COLUMN_TYPES as ORDER_COLUMN_TYPES, order_values};
 use super::{Store, new_id};
 use crate::domain::customer::ContactField;
 use crate::domain::order::{Order, StatsDelta};
@@ -53,11 +53,6 @@ pub struct ImportProgress {
     pub updated_at: i64,
 }
 
-fn placeholders(start: usize, count: usize) -> String {
-    let list: Vec<String> = (start..start + count).map(|i| format!("${i}")).collect();
-    format!("({})", list.join(", "))
-}
-
 impl Store {
     /// Writes one batch of valid rows; `rejected` and `last_row_number`
     /// account for the whole message, refused rows included.
@@ -74,16 +69,13 @@ impl Store {
 
         // Order numbers already recorded, and repeats inside the batch.
         let mut existing: HashSet<String> = HashSet::new();
-        for chunk in rows.chunks(500) {
-            let mut values: Vec<Value> = vec![shop_id.into()];
-            values.extend(chunk.iter().map(|r| Value::from(r.order.order_no.clone())));
-            let sql = format!(
-                "SELECT order_no FROM orders WHERE shop_id = $1 AND order_no IN {}",
-                placeholders(2, chunk.len())
-            );
-            for row in tx.query_all(&sql, values).await? {
-                existing.insert(row.try_get::<String>("", "order_no")?);
-            }
+        let numbers: Vec<String> = rows.iter().map(|r| r.order.order_no.clone()).collect();
+        for row in bulk::rows_with_keys(
+            tx, "order_no", "orders", "order_no", shop_id, &numbers, false,
+        )
+        .await?
+        {
+            existing.insert(row.try_get::<String>("", "order_no")?);
         }
         let mut fresh: Vec<ImportRow> = Vec::with_capacity(rows.len());
         for row in rows {
@@ -93,7 +85,6 @@ impl Store {
                 outcome.skipped += 1;
             }
         }
-
         // The buyers, locked, and the new ones.
         let nicks: Vec<String> = {
             let mut seen = HashSet::new();
@@ -104,26 +95,26 @@ impl Store {
                 .collect()
         };
         let mut buyers: HashMap<String, (CustomerRecord, bool)> = HashMap::new();
-        for chunk in nicks.chunks(500) {
-            let mut values: Vec<Value> = vec![shop_id.into()];
-            values.extend(chunk.iter().map(|n| Value::from(n.clone())));
-            let sql = format!(
-                "SELECT {} FROM customers WHERE shop_id = $1 AND buyer_nick IN {}{}",
-                customers::COLUMNS,
-                placeholders(2, chunk.len()),
-                self.lock_suffix()
-            );
-            for row in tx.query_all(&sql, values).await? {
-                let record = CustomerRecord::from_query(&row)?;
-                buyers.insert(record.customer.buyer_nick.clone(), (record, false));
-            }
+        let lock = self.db.is_postgres();
+        for row in bulk::rows_with_keys(
+            tx,
+            customers::COLUMNS,
+            "customers",
+            "buyer_nick",
+            shop_id,
+            &nicks,
+            lock,
+        )
+        .await?
+        {
+            let record = CustomerRecord::from_query(&row)?;
+            buyers.insert(record.customer.buyer_nick.clone(), (record, false));
         }
         for nick in &nicks {
             buyers
                 .entry(nick.clone())
                 .or_insert_with(|| (CustomerRecord::new(shop_id, nick), true));
         }
-
         // Apply every row to its buyer.
         let mut pending_events = Vec::with_capacity(fresh.len() + buyers.len());
         for (record, created) in buyers.values() {
@@ -157,51 +148,43 @@ impl Store {
             orders.push(row.order);
         }
         outcome.imported = orders.len() as i64;
-
-        // Buyers: one upsert per chunk, new and known alike.
+        // Buyers, new and known alike, in one upsert; then the orders.
         let now = now_micros();
-        let buyer_list: Vec<&mut (CustomerRecord, bool)> = buyers.values_mut().collect();
-        let columns: Vec<&str> = customers::COLUMNS.split(", ").map(str::trim).collect();
-        let updates: Vec<String> = columns
+        let updates: Vec<String> = customers::COLUMN_TYPES
             .iter()
             .skip(2)
-            .map(|c| format!("{c} = excluded.{c}"))
+            .map(|(c, _)| format!("{c} = excluded.{c}"))
             .collect();
-        for chunk in buyer_list.chunks(300) {
-            let mut values = Vec::with_capacity(chunk.len() * columns.len());
-            let mut groups = Vec::with_capacity(chunk.len());
-            for (i, (record, _)) in chunk.iter().enumerate() {
-                let mut v = record.values();
-                // updated_at is the 27th column.
-                v[26] = now.into();
-                values.extend(v);
-                groups.push(placeholders(i * columns.len() + 1, columns.len()));
+        // New buyers are plain inserts; known ones take the upsert path.
+        let (mut new_rows, mut known_rows): (Vec<Vec<Value>>, Vec<Vec<Value>>) =
+            (Vec::new(), Vec::new());
+        for (record, created) in buyers.values() {
+            let mut v = record.values();
+            // updated_at is the 27th column.
+            v[26] = now.into();
+            if *created {
+                new_rows.push(v)
+            } else {
+                known_rows.push(v)
             }
-            let sql = format!(
-                "INSERT INTO customers ({}) VALUES {} ON CONFLICT (shop_id, id) DO UPDATE SET {}",
-                customers::COLUMNS,
-                groups.join(", "),
+        }
+        bulk::insert(tx, "customers", &customers::COLUMN_TYPES, new_rows, "").await?;
+        bulk::insert(
+            tx,
+            "customers",
+            &customers::COLUMN_TYPES,
+            known_rows,
+            &format!(
+                "ON CONFLICT (shop_id, id) DO UPDATE SET {}",
                 updates.join(", ")
-            );
-            tx.execute(&sql, values).await?;
-        }
-
-        for chunk in orders.chunks(400) {
-            let mut values = Vec::with_capacity(chunk.len() * COLUMN_COUNT);
-            let mut groups = Vec::with_capacity(chunk.len());
-            for (i, order) in chunk.iter().enumerate() {
-                values.extend(order_values(shop_id, order, now));
-                groups.push(placeholders(i * COLUMN_COUNT + 1, COLUMN_COUNT));
-            }
-            tx.execute(
-                &format!(
-                    "INSERT INTO orders ({ORDER_COLUMNS}) VALUES {}",
-                    groups.join(", ")
-                ),
-                values,
-            )
-            .await?;
-        }
+            ),
+        )
+        .await?;
+        let order_rows: Vec<Vec<Value>> = orders
+            .iter()
+            .map(|o| order_values(shop_id, o, now))
+            .collect();
+        bulk::insert(tx, "orders", &ORDER_COLUMN_TYPES, order_rows, "").await?;
         outbox::append_many(tx, pending_events).await?;
         let refreshed: Vec<_> = buyers
             .into_values()

@@ -85,6 +85,9 @@ impl Store {
         loop {
             attempt += 1;
             let result = self.write_once(key, &work).await;
+            if let Err(e) = &result {
+                tracing::debug!(attempt, error = %e, "write attempt failed");
+            }
             match result {
                 Err(CustomerError::Storage(StorageError::Conflict(_) | StorageError::Retry(_)))
                     if attempt < WRITE_ATTEMPTS =>

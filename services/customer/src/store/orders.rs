@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use huitou_storage::bulk::Col;
 use huitou_storage::{WriteTx, now_micros, outbox};
 use sea_orm::{ConnectionTrait, FromQueryResult, Statement, Value};
 
@@ -17,6 +18,34 @@ pub(crate) const COLUMNS: &str = "shop_id, id, order_no, customer_id, buyer_nick
     discount_fen, shipping_fen, payable_fen, refunded_fen, coupon_codes, shipment, review, refunds, created_at, \
     paid_at, shipped_at, received_at, closed_at, import_id, recorded_at, updated_at";
 pub(crate) const COLUMN_COUNT: usize = 24;
+
+/// [`COLUMNS`] with their stored types, for bulk writes.
+pub(crate) const COLUMN_TYPES: [(&str, Col); COLUMN_COUNT] = [
+    ("shop_id", Col::Text),
+    ("id", Col::Text),
+    ("order_no", Col::Text),
+    ("customer_id", Col::Text),
+    ("buyer_nick", Col::Text),
+    ("status", Col::Int),
+    ("items", Col::Text),
+    ("goods_fen", Col::BigInt),
+    ("discount_fen", Col::BigInt),
+    ("shipping_fen", Col::BigInt),
+    ("payable_fen", Col::BigInt),
+    ("refunded_fen", Col::BigInt),
+    ("coupon_codes", Col::Text),
+    ("shipment", Col::Text),
+    ("review", Col::Text),
+    ("refunds", Col::Text),
+    ("created_at", Col::BigInt),
+    ("paid_at", Col::BigInt),
+    ("shipped_at", Col::BigInt),
+    ("received_at", Col::BigInt),
+    ("closed_at", Col::BigInt),
+    ("import_id", Col::Text),
+    ("recorded_at", Col::BigInt),
+    ("updated_at", Col::BigInt),
+];
 
 #[derive(Debug, FromQueryResult)]
 struct OrderRow {

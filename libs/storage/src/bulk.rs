@@ -1,0 +1,222 @@
+//! Writing many rows in one statement.
+//!
+//! On PostgreSQL the rows travel column by column as typed arrays and are
+//! expanded with `unnest`: a handful of parameters instead of one per value,
+//! so a thousand-row batch is parsed, bound and planned about as cheaply as
+//! one row. Arrays cannot carry NULL through the driver, so a NULL travels
+//! as a sentinel that `NULLIF` turns back (text: U+0001, never accepted from
+//! callers; numbers: the type's minimum; bytes: empty). On SQLite the rows
+//! go as multi-row `VALUES` lists.
+
+use sea_orm::Value;
+use sea_orm::sea_query::ArrayType;
+
+use crate::db::WriteTx;
+use crate::error::StorageError;
+
+/// The stored type of a column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Col {
+    /// TEXT.
+    Text,
+    /// BIGINT.
+    BigInt,
+    /// INTEGER.
+    Int,
+    /// BYTEA / BLOB.
+    Bytes,
+    /// BOOLEAN.
+    Bool,
+}
+
+const TEXT_NULL: &str = "\u{1}";
+
+impl Col {
+    fn pg_array(self) -> &'static str {
+        match self {
+            Col::Text => "text[]",
+            Col::BigInt => "bigint[]",
+            Col::Int => "integer[]",
+            Col::Bytes => "bytea[]",
+            Col::Bool => "boolean[]",
+        }
+    }
+
+    fn null_sentinel(self) -> &'static str {
+        match self {
+            Col::Text => "E'\\x01'",
+            Col::BigInt => "-9223372036854775808",
+            Col::Int => "-2147483648",
+            Col::Bytes => "'\\x'::bytea",
+            Col::Bool => "NULL",
+        }
+    }
+}
+
+/// Rows per statement on SQLite (its variable limit is 32766).
+const SQLITE_MAX_VARIABLES: usize = 30_000;
+
+/// Inserts `rows` (values in `columns` order) into `table`, followed by
+/// `suffix` (e.g. an `ON CONFLICT` clause); rows affected.
+pub async fn insert(
+    tx: &WriteTx,
+    table: &str,
+    columns: &[(&str, Col)],
+    rows: Vec<Vec<Value>>,
+    suffix: &str,
+) -> Result<u64, StorageError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let names: Vec<&str> = columns.iter().map(|(n, _)| *n).collect();
+    if tx.backend() == sea_orm::DbBackend::Postgres {
+        let mut arrays: Vec<Vec<Value>> = columns
+            .iter()
+            .map(|_| Vec::with_capacity(rows.len()))
+            .collect();
+        for row in rows {
+            if row.len() != columns.len() {
+                return Err(StorageError::Other(format!(
+                    "{table}: row has {} values for {} columns",
+                    row.len(),
+                    columns.len()
+                )));
+            }
+            for (i, value) in row.into_iter().enumerate() {
+                arrays[i].push(non_null(value, columns[i].1)?);
+            }
+        }
+        let unnest: Vec<String> = columns
+            .iter()
+            .enumerate()
+            .map(|(i, (_, c))| format!("${}::{}", i + 1, c.pg_array()))
+            .collect();
+        let select: Vec<String> = columns
+            .iter()
+            .map(|(n, c)| match c {
+                Col::Bool => format!("u.{n}"),
+                _ => format!("NULLIF(u.{n}, {})", c.null_sentinel()),
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO {table} ({}) SELECT {} FROM unnest({}) AS u({}) {suffix}",
+            names.join(", "),
+            select.join(", "),
+            unnest.join(", "),
+            names.join(", ")
+        );
+        let values: Vec<Value> = columns
+            .iter()
+            .zip(arrays)
+            .map(|((_, c), items)| Value::Array(array_type(*c), Some(Box::new(items))))
+            .collect();
+        return tx.execute(&sql, values).await;
+    }
+    let per_statement = (SQLITE_MAX_VARIABLES / columns.len()).max(1);
+    let mut affected = 0;
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<Vec<Value>> = rows.by_ref().take(per_statement).collect();
+        let mut groups = Vec::with_capacity(chunk.len());
+        let mut values = Vec::with_capacity(chunk.len() * columns.len());
+        for (r, row) in chunk.into_iter().enumerate() {
+            let marks: Vec<String> = (0..columns.len())
+                .map(|c| format!("${}", r * columns.len() + c + 1))
+                .collect();
+            groups.push(format!("({})", marks.join(", ")));
+            values.extend(row);
+        }
+        let sql = format!(
+            "INSERT INTO {table} ({}) VALUES {} {suffix}",
+            names.join(", "),
+            groups.join(", ")
+        );
+        affected += tx.execute(&sql, values).await?;
+    }
+    Ok(affected)
+}
+
+fn array_type(c: Col) -> ArrayType {
+    match c {
+        Col::Text => ArrayType::String,
+        Col::BigInt => ArrayType::BigInt,
+        Col::Int => ArrayType::Int,
+        Col::Bytes => ArrayType::Bytes,
+        Col::Bool => ArrayType::Bool,
+    }
+}
+
+fn non_null(value: Value, col: Col) -> Result<Value, StorageError> {
+    let mismatch = || {
+        StorageError::Other(format!(
+            "bulk insert: a value does not fit a {col:?} column"
+        ))
+    };
+    Ok(match (col, value) {
+        (Col::Text, Value::String(v)) => {
+            Value::String(Some(v.unwrap_or_else(|| TEXT_NULL.to_owned())))
+        }
+        (Col::BigInt, Value::BigInt(v)) => Value::BigInt(Some(v.unwrap_or(i64::MIN))),
+        (Col::Int, Value::Int(v)) => Value::Int(Some(v.unwrap_or(i32::MIN))),
+        (Col::Bytes, Value::Bytes(v)) => Value::Bytes(Some(v.unwrap_or_default())),
+        (Col::Bool, Value::Bool(Some(b))) => Value::Bool(Some(b)),
+        _ => return Err(mismatch()),
+    })
+}
+
+/// The rows of `table` in `shop_id` whose `key_column` is one of `keys`,
+/// as `columns` (a select list), locked for update when `lock`.
+///
+/// On PostgreSQL the keys travel as one array joined with `unnest`, which
+/// the planner turns into index lookups; a long `IN (...)` list is planned as
+/// a scan that compares every row with every key while the table's
+/// statistics still say it is small.
+pub async fn rows_with_keys(
+    tx: &WriteTx,
+    columns: &str,
+    table: &str,
+    key_column: &str,
+    shop_id: &str,
+    keys: &[String],
+    lock: bool,
+) -> Result<Vec<sea_orm::QueryResult>, StorageError> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    if tx.backend() == sea_orm::DbBackend::Postgres {
+        let items: Vec<Value> = keys
+            .iter()
+            .map(|k| Value::String(Some(k.clone())))
+            .collect();
+        let sql = format!(
+            "SELECT {columns} FROM {table} JOIN unnest($2::text[]) AS wanted(wanted_key)
+             ON {table}.shop_id = $1 AND {table}.{key_column} = wanted.wanted_key{}",
+            if lock {
+                format!(" FOR UPDATE OF {table}")
+            } else {
+                String::new()
+            }
+        );
+        return tx
+            .query_all(
+                &sql,
+                vec![
+                    shop_id.into(),
+                    Value::Array(ArrayType::String, Some(Box::new(items))),
+                ],
+            )
+            .await;
+    }
+    let mut out = Vec::new();
+    for chunk in keys.chunks(500) {
+        let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+        let mut values: Vec<Value> = vec![shop_id.into()];
+        values.extend(chunk.iter().map(|k| Value::from(k.clone())));
+        let sql = format!(
+            "SELECT {columns} FROM {table} WHERE shop_id = $1 AND {key_column} IN ({})",
+            marks.join(", ")
+        );
+        out.extend(tx.query_all(&sql, values).await?);
+    }
+    Ok(out)
+}
