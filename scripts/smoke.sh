@@ -42,8 +42,8 @@ call RevealContact "{\"customer_id\":\"$id\",\"field\":\"CONTACT_FIELD_PHONE\",\
 call ListAuditEntries "{\"customer_id\":\"$id\"}" | grep -q "smoke test reveal" || fail "audit"
 out=$(call RecordOrder '{"order_no":"","buyer_nick":"x"}' 2>&1 || true)
 grep -q "InvalidArgument" <<<"$out" || fail "bad input is not INVALID_ARGUMENT: $out"
-grpcurl -plaintext -H "$auth" -H "x-request-id: smoke-42" -v -d '{}' "$addr" huitou.customer.v1.ShopService/GetShop \
-  | grep -qi "x-request-id: smoke-42" || fail "the request id is not echoed"
+verbose=$(grpcurl -plaintext -H "$auth" -H "x-request-id: smoke-42" -v -d '{}' "$addr" huitou.customer.v1.ShopService/GetShop)
+grep -qi "x-request-id: smoke-42" <<<"$verbose" || fail "the request id is not echoed"
 shop=$("$bin" admin create-shop --name "冒烟测试店" --data-dir "$data")
 python3 -c "import json,sys;d=json.loads(sys.argv[1]);assert d['shop_id'] and d['api_key'].startswith('hk_')" "$shop" \
   || fail "admin create-shop did not print {shop_id, api_key}: $shop"
