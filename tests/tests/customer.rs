@@ -1040,3 +1040,52 @@ async fn replicas_sharing_redis_read_each_others_writes_at_once() {
     }
     suite.stop().await;
 }
+
+#[tokio::test]
+async fn concurrent_repeats_of_one_order_record_it_once() {
+    let suite = TestSuite::start("repeats").await;
+    let client = suite.customers(&suite.shop.storefront);
+    let mut calls = Vec::new();
+    for i in 0..24 {
+        let mut c = client.clone();
+        calls.push(tokio::spawn(async move {
+            // Every third call differs in contents: it must be refused, not merged.
+            let quantity = if i % 3 == 2 { 2 } else { 1 };
+            c.record_order(paid_order(
+                "SAME-1",
+                "twin",
+                vec![item("S", "c", quantity, 700)],
+            ))
+            .await
+        }));
+    }
+    let mut created = 0;
+    let mut repeats = 0;
+    let mut conflicts = 0;
+    for call in calls {
+        match call.await.expect("join") {
+            Ok(r) if r.get_ref().created => created += 1,
+            Ok(_) => repeats += 1,
+            Err(s) if s.code() == Code::AlreadyExists => conflicts += 1,
+            Err(s) => panic!("unexpected {s:?}"),
+        }
+    }
+    // Whichever contents won, every call agrees with it: exactly one created.
+    assert_eq!(created, 1);
+    assert_eq!(created + repeats + conflicts, 24);
+    let mut c = client.clone();
+    let stats = c
+        .get_customer(pb::GetCustomerRequest {
+            buyer_nick: "twin".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .customer
+        .expect("customer")
+        .stats
+        .expect("stats");
+    assert_eq!(stats.order_count, 1);
+    suite.stop().await;
+}

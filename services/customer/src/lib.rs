@@ -8,6 +8,7 @@ pub mod cache;
 pub mod domain;
 pub mod error;
 pub mod events;
+pub mod intake;
 pub mod store;
 
 use std::sync::Arc;

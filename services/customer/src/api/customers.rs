@@ -19,6 +19,7 @@ use crate::domain::order::Step;
 use crate::domain::paging;
 use crate::error::CustomerError;
 use crate::events;
+use crate::intake::OrderIntake;
 use crate::store::Store;
 use crate::store::audit::AuditAction;
 use crate::store::customers::CustomerFilter;
@@ -45,13 +46,18 @@ impl Default for PersonalDataLimits {
 /// The customer service's handlers.
 pub struct CustomerApi {
     store: Store,
+    intake: OrderIntake,
     limits: PersonalDataLimits,
 }
 
 impl CustomerApi {
     /// Handlers over `store`.
     pub fn new(store: Store, limits: PersonalDataLimits) -> Self {
-        Self { store, limits }
+        Self {
+            intake: OrderIntake::start(store.clone()),
+            store,
+            limits,
+        }
     }
 
     async fn step(
@@ -658,8 +664,18 @@ impl CustomerService for CustomerApi {
         check_request_id(&req.request_id, &mut v);
         v.finish()?;
         let new = convert::new_order(&req)?;
-        let key =
-            IdempotencyKey::for_request(&caller.shop_id, "RecordOrder", &req.request_id, &req);
+        let Some(key) =
+            IdempotencyKey::for_request(&caller.shop_id, "RecordOrder", &req.request_id, &req)
+        else {
+            // The order number makes the call idempotent: it joins the
+            // intake and is written together with concurrent orders.
+            let (order, created) = self.intake.record(&caller.shop_id, new).await?;
+            return Ok(Response::new(pb::RecordOrderResponse {
+                order: Some(convert::order(&order)),
+                created,
+            }));
+        };
+        let key = Some(key);
         let shop = caller.shop_id.clone();
         let response = self
             .store

@@ -1,5 +1,6 @@
-//! Order history imports: a batch of rows in one transaction, with buyers
-//! created or updated and events written in bulk.
+//! Orders new to a shop, written in batches: history imports, and the
+//! orders storefronts record as they happen (gathered by the order intake).
+//! Buyers are created or updated and events written in bulk.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -53,19 +54,39 @@ pub struct ImportProgress {
     pub updated_at: i64,
 }
 
+/// Where new orders come from: what their events say.
+#[derive(Debug, Clone, Copy)]
+pub enum Origin<'a> {
+    /// A history import: one `order.imported` event per order.
+    Import(&'a str),
+    /// Storefronts recording orders as they happen: `order.created`, and
+    /// `order.paid` for paid ones.
+    Live,
+}
+
+/// What [`Store::write_new_orders`] did.
+#[derive(Debug, Default)]
+pub struct Written {
+    /// The orders written, in the order given.
+    pub orders: Vec<Order>,
+    /// Order numbers left alone because they were already recorded (or
+    /// repeated in the batch).
+    pub skipped: Vec<String>,
+}
+
 impl Store {
-    /// Writes one batch of valid rows; `rejected` and `last_row_number`
-    /// account for the whole message, refused rows included.
-    pub async fn import_batch(
+    /// Writes a batch of orders new to the shop in one go: buyers created
+    /// or locked (in nick order, so concurrent batches cannot deadlock),
+    /// statistics applied, orders, buyers and events written in bulk, and
+    /// the buyers' cache entries refreshed after commit.
+    pub async fn write_new_orders(
         &self,
         tx: &WriteTx,
         shop_id: &str,
-        import_id: &str,
         rows: Vec<ImportRow>,
-        rejected: i64,
-        last_row_number: i64,
-    ) -> Result<BatchOutcome, CustomerError> {
-        let mut outcome = BatchOutcome::default();
+        origin: Origin<'_>,
+    ) -> Result<Written, CustomerError> {
+        let mut written = Written::default();
 
         // Order numbers already recorded, and repeats inside the batch.
         let mut existing: HashSet<String> = HashSet::new();
@@ -82,18 +103,16 @@ impl Store {
             if existing.insert(row.order.order_no.clone()) {
                 fresh.push(row);
             } else {
-                outcome.skipped += 1;
+                written.skipped.push(row.order.order_no);
             }
         }
+        if fresh.is_empty() {
+            return Ok(written);
+        }
         // The buyers, locked, and the new ones.
-        let nicks: Vec<String> = {
-            let mut seen = HashSet::new();
-            fresh
-                .iter()
-                .filter(|r| seen.insert(r.order.buyer_nick.clone()))
-                .map(|r| r.order.buyer_nick.clone())
-                .collect()
-        };
+        let mut nicks: Vec<String> = fresh.iter().map(|r| r.order.buyer_nick.clone()).collect();
+        nicks.sort();
+        nicks.dedup();
         let mut buyers: HashMap<String, (CustomerRecord, bool)> = HashMap::new();
         let lock = self.db.is_postgres();
         for row in bulk::rows_with_keys(
@@ -116,20 +135,21 @@ impl Store {
                 .or_insert_with(|| (CustomerRecord::new(shop_id, nick), true));
         }
         // Apply every row to its buyer.
-        let mut pending_events = Vec::with_capacity(fresh.len() + buyers.len());
-        for (record, created) in buyers.values() {
-            if *created {
+        let mut pending_events = Vec::with_capacity(fresh.len() * 2 + buyers.len());
+        for nick in &nicks {
+            if let Some((record, true)) = buyers.get(nick) {
                 pending_events.push(events::customer_created(shop_id, &record.customer));
             }
         }
-        let mut orders = Vec::with_capacity(fresh.len());
         for mut row in fresh {
-            let Some((buyer, _)) = buyers.get_mut(&row.order.buyer_nick) else {
+            let Some((buyer, created)) = buyers.get_mut(&row.order.buyer_nick) else {
                 continue;
             };
             row.order.id = new_id();
             row.order.customer_id = buyer.customer.id.clone();
-            row.order.import_id = Some(import_id.to_owned());
+            if let Origin::Import(import_id) = origin {
+                row.order.import_id = Some(import_id.to_owned());
+            }
             let mut sequence = 0;
             if row.order.paid_at.is_some() {
                 let mut delta = row.order.paid_delta();
@@ -141,27 +161,48 @@ impl Store {
                 buyer.apply_stats(&delta);
                 sequence = buyer.customer.stats.order_count;
             }
-            buyer.fill_missing(&self.vault, &row.receiver)?;
-            pending_events.push(events::order_imported(
-                shop_id, &row.order, import_id, sequence,
-            ));
-            orders.push(row.order);
+            let filled = buyer.fill_missing(&self.vault, &row.receiver)?;
+            match origin {
+                Origin::Import(import_id) => {
+                    pending_events.push(events::order_imported(
+                        shop_id, &row.order, import_id, sequence,
+                    ));
+                }
+                Origin::Live => {
+                    let mut placed = row.order.clone();
+                    placed.status = crate::domain::order::OrderStatus::Created;
+                    placed.paid_at = None;
+                    pending_events.push(events::order_created(shop_id, &placed));
+                    if row.order.paid_at.is_some() {
+                        let change = crate::domain::order::Change::Paid(row.order.paid_delta());
+                        pending_events.push(events::order_changed(
+                            shop_id, &row.order, &change, sequence,
+                        ));
+                    }
+                    if !filled.is_empty() && !*created {
+                        pending_events.push(events::customer_updated(
+                            shop_id,
+                            &buyer.customer,
+                            filled,
+                        ));
+                    }
+                }
+            }
+            written.orders.push(row.order);
         }
-        outcome.imported = orders.len() as i64;
-        // Buyers, new and known alike, in one upsert; then the orders.
+        // Buyers: new ones inserted, known ones upserted; then the orders.
         let now = now_micros();
         let updates: Vec<String> = customers::COLUMN_TYPES
             .iter()
             .skip(2)
             .map(|(c, _)| format!("{c} = excluded.{c}"))
             .collect();
-        // New buyers are plain inserts; known ones take the upsert path.
         let (mut new_rows, mut known_rows): (Vec<Vec<Value>>, Vec<Vec<Value>>) =
             (Vec::new(), Vec::new());
-        for (record, created) in buyers.values() {
-            let mut v = record.values();
-            // updated_at is the 27th column.
-            v[26] = now.into();
+        for (record, created) in buyers.values_mut() {
+            // Strictly increasing: the update time versions cache entries.
+            record.customer.updated_at = now.max(record.customer.updated_at + 1);
+            let v = record.values();
             if *created {
                 new_rows.push(v)
             } else {
@@ -180,7 +221,8 @@ impl Store {
             ),
         )
         .await?;
-        let order_rows: Vec<Vec<Value>> = orders
+        let order_rows: Vec<Vec<Value>> = written
+            .orders
             .iter()
             .map(|o| order_values(shop_id, o, now))
             .collect();
@@ -188,10 +230,7 @@ impl Store {
         outbox::append_many(tx, pending_events).await?;
         let refreshed: Vec<_> = buyers
             .into_values()
-            .map(|(mut record, _)| {
-                record.customer.updated_at = now;
-                record.customer
-            })
+            .map(|(record, _)| record.customer)
             .collect();
         let (cache, shop) = (self.cache.clone(), shop_id.to_owned());
         tx.after_commit(Box::pin(async move {
@@ -199,7 +238,29 @@ impl Store {
                 cache.remember(&shop, customer).await;
             }
         }));
+        Ok(written)
+    }
 
+    /// Writes one batch of valid import rows and the import's progress;
+    /// `rejected` and `last_row_number` account for the whole message,
+    /// refused rows included.
+    pub async fn import_batch(
+        &self,
+        tx: &WriteTx,
+        shop_id: &str,
+        import_id: &str,
+        rows: Vec<ImportRow>,
+        rejected: i64,
+        last_row_number: i64,
+    ) -> Result<BatchOutcome, CustomerError> {
+        let written = self
+            .write_new_orders(tx, shop_id, rows, Origin::Import(import_id))
+            .await?;
+        let outcome = BatchOutcome {
+            imported: written.orders.len() as i64,
+            skipped: written.skipped.len() as i64,
+        };
+        let now = now_micros();
         tx.execute(
             "INSERT INTO order_imports (shop_id, id, rows_imported, rows_skipped, rows_rejected, last_row_number, created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $7)

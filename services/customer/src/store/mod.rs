@@ -81,24 +81,23 @@ impl Store {
         R: Message + Default,
         F: for<'t> Fn(&'t WriteTx, &'t Store) -> BoxFuture<'t, Result<R, CustomerError>>,
     {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let result = self.write_once(key, &work).await;
-            if let Err(e) = &result {
-                tracing::debug!(attempt, error = %e, "write attempt failed");
-            }
-            match result {
-                Err(CustomerError::Storage(StorageError::Conflict(_) | StorageError::Retry(_)))
-                    if attempt < WRITE_ATTEMPTS =>
-                {
-                    tokio::time::sleep(std::time::Duration::from_millis(2 * attempt as u64)).await;
-                }
-                Err(CustomerError::Rejected(f))
-                    if f.reason == "TRANSACTION_CONFLICT" && attempt < WRITE_ATTEMPTS => {}
-                other => return other,
-            }
-        }
+        retrying(|| self.write_once(key, &work)).await
+    }
+
+    /// Runs `work` in a write transaction, with the same retries as
+    /// [`Store::write`], for answers that are not stored for request ids.
+    pub async fn write_answer<R, F>(&self, work: F) -> Result<R, CustomerError>
+    where
+        F: for<'t> Fn(&'t WriteTx, &'t Store) -> BoxFuture<'t, Result<R, CustomerError>>,
+    {
+        retrying(|| async {
+            let tx = self.db.begin().await?;
+            let answer = work(&tx, self).await?;
+            tx.commit().await?;
+            self.outbox.notify();
+            Ok(answer)
+        })
+        .await
     }
 
     async fn write_once<R, F>(
@@ -132,6 +131,32 @@ impl Store {
             " FOR UPDATE"
         } else {
             ""
+        }
+    }
+}
+
+/// Runs `attempt` until it succeeds, fails for good, or has lost
+/// [`WRITE_ATTEMPTS`] races.
+async fn retrying<R, Fut>(mut attempt: impl FnMut() -> Fut) -> Result<R, CustomerError>
+where
+    Fut: std::future::Future<Output = Result<R, CustomerError>>,
+{
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let result = attempt().await;
+        if let Err(e) = &result {
+            tracing::debug!(tries, error = %e, "write attempt failed");
+        }
+        match result {
+            Err(CustomerError::Storage(StorageError::Conflict(_) | StorageError::Retry(_)))
+                if tries < WRITE_ATTEMPTS =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(2 * tries as u64)).await;
+            }
+            Err(CustomerError::Rejected(f))
+                if f.reason == "TRANSACTION_CONFLICT" && tries < WRITE_ATTEMPTS => {}
+            other => return other,
         }
     }
 }

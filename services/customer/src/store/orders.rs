@@ -161,6 +161,39 @@ pub struct NewOrder {
     pub receiver: BTreeMap<ContactField, String>,
 }
 
+impl NewOrder {
+    /// The order as it will be stored (ids filled in when written).
+    pub fn to_order(&self) -> Order {
+        Order {
+            id: String::new(),
+            order_no: self.order_no.clone(),
+            customer_id: String::new(),
+            buyer_nick: self.buyer_nick.clone(),
+            status: if self.paid {
+                OrderStatus::Paid
+            } else {
+                OrderStatus::Created
+            },
+            items: self.items.clone(),
+            discount_fen: self.discount_fen,
+            shipping_fen: self.shipping_fen,
+            refunded_fen: 0,
+            coupon_codes: self.coupon_codes.clone(),
+            shipment: None,
+            review: None,
+            refunds: Vec::new(),
+            created_at: self.created_at,
+            paid_at: self
+                .paid
+                .then(|| self.paid_at.unwrap_or(self.created_at).max(self.created_at)),
+            shipped_at: None,
+            received_at: None,
+            closed_at: None,
+            import_id: None,
+        }
+    }
+}
+
 impl Store {
     async fn order_where<C: ConnectionTrait>(
         &self,

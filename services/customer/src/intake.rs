@@ -1,0 +1,139 @@
+//! The order intake: orders that storefronts record as they happen are
+//! gathered and written together.
+//!
+//! Every `RecordOrder` without a request id joins a queue. One writer takes
+//! whatever is queued (up to [`MAX_BATCH`]) and writes the new orders in a
+//! single transaction — one commit, one flush to disk, a handful of bulk
+//! statements for all of them — then answers each caller. Nobody waits for
+//! a timer: under light load a batch is one order; under heavy load the
+//! batch grows by itself while the previous one is being written. An order
+//! number already recorded, a repeat inside the batch, or a batch that
+//! fails as a whole (a concurrent writer on another replica got in first)
+//! goes through the one-order path, which handles repeats, payments of
+//! known orders, conflicts and retries. Callers are answered only after
+//! their order is committed.
+
+use std::collections::HashMap;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::domain::order::Order;
+use crate::error::CustomerError;
+use crate::store::Store;
+use crate::store::imports::{ImportRow, Origin};
+use crate::store::orders::NewOrder;
+
+/// Most orders written in one transaction.
+pub const MAX_BATCH: usize = 256;
+
+type Answer = Result<(Order, bool), CustomerError>;
+
+struct Job {
+    shop_id: String,
+    order: NewOrder,
+    reply: oneshot::Sender<Answer>,
+}
+
+/// The queue of orders to record.
+#[derive(Clone)]
+pub struct OrderIntake {
+    queue: mpsc::Sender<Job>,
+}
+
+impl OrderIntake {
+    /// Starts the writer over `store`; it stops when the last handle is dropped.
+    pub fn start(store: Store) -> Self {
+        let (queue, jobs) = mpsc::channel(4 * MAX_BATCH);
+        tokio::spawn(writer(store, jobs));
+        Self { queue }
+    }
+
+    /// Records `order` for `shop_id`: the order as stored, and whether this
+    /// call recorded it.
+    pub async fn record(&self, shop_id: &str, order: NewOrder) -> Answer {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            shop_id: shop_id.to_owned(),
+            order,
+            reply,
+        };
+        let gone = || {
+            CustomerError::Storage(huitou_storage::StorageError::Unavailable(
+                "the order intake stopped".into(),
+            ))
+        };
+        self.queue.send(job).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+}
+
+async fn writer(store: Store, mut jobs: mpsc::Receiver<Job>) {
+    while let Some(first) = jobs.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        write_batch(&store, batch).await;
+    }
+}
+
+async fn write_batch(store: &Store, batch: Vec<Job>) {
+    let mut by_shop: HashMap<&str, Vec<ImportRow>> = HashMap::new();
+    for job in &batch {
+        by_shop
+            .entry(job.shop_id.as_str())
+            .or_default()
+            .push(ImportRow {
+                row_number: 0,
+                order: job.order.to_order(),
+                receiver: job.order.receiver.clone(),
+            });
+    }
+    let written: Result<HashMap<(String, String), Order>, CustomerError> = async {
+        let tx = store.db.begin().await?;
+        let mut written = HashMap::new();
+        for (shop, rows) in by_shop {
+            for order in store
+                .write_new_orders(&tx, shop, rows, Origin::Live)
+                .await?
+                .orders
+            {
+                written.insert((shop.to_owned(), order.order_no.clone()), order);
+            }
+        }
+        tx.commit().await?;
+        store.outbox.notify();
+        Ok(written)
+    }
+    .await;
+    let mut written = match written {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::debug!(error = %e, orders = batch.len(), "order batch failed; recording one by one");
+            HashMap::new()
+        }
+    };
+    for job in batch {
+        match written.remove(&(job.shop_id.clone(), job.order.order_no.clone())) {
+            Some(order) => {
+                let _ = job.reply.send(Ok((order, true)));
+            }
+            None => {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let (shop, order) = (job.shop_id, job.order);
+                    let answer = store
+                        .write_answer(move |tx, store| {
+                            let (shop, order) = (shop.clone(), order.clone());
+                            Box::pin(async move { store.record_order(tx, &shop, &order).await })
+                        })
+                        .await;
+                    let _ = job.reply.send(answer);
+                });
+            }
+        }
+    }
+}
