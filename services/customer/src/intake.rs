@@ -34,18 +34,28 @@ struct Job {
     reply: oneshot::Sender<Answer>,
 }
 
-/// The queue of orders to record.
+/// The queues of orders to record, one per writer.
 #[derive(Clone)]
 pub struct OrderIntake {
-    queue: mpsc::Sender<Job>,
+    queues: Vec<mpsc::Sender<Job>>,
 }
 
+/// Writers, each with its own connection: one batch commits (waiting for
+/// the disk) while the next is being written.
+pub const WRITERS: usize = 2;
+
 impl OrderIntake {
-    /// Starts the writer over `store`; it stops when the last handle is dropped.
+    /// Starts the writers over `store`; they stop when the last handle is
+    /// dropped.
     pub fn start(store: Store) -> Self {
-        let (queue, jobs) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(writer(store, jobs));
-        Self { queue }
+        let queues = (0..WRITERS)
+            .map(|_| {
+                let (queue, jobs) = mpsc::channel(4 * MAX_BATCH);
+                tokio::spawn(writer(store.clone(), jobs));
+                queue
+            })
+            .collect();
+        Self { queues }
     }
 
     /// Records `order` for `shop_id`: the order as stored, and whether this
@@ -62,7 +72,12 @@ impl OrderIntake {
                 "the order intake stopped".into(),
             ))
         };
-        self.queue.send(job).await.map_err(|_| gone())?;
+        // One buyer always goes to the same writer, so two batches in this
+        // process never race to create or lock the same buyer.
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(&(&job.shop_id, &job.order.buyer_nick), &mut hasher);
+        let queue = &self.queues[(std::hash::Hasher::finish(&hasher) as usize) % self.queues.len()];
+        queue.send(job).await.map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }
 }
