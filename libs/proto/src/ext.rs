@@ -40,6 +40,11 @@ impl EventEnvelope {
             Some(Payload::OrderRefunded(_)) => "order.refunded",
             Some(Payload::OrderClosed(_)) => "order.closed",
             Some(Payload::OrderImported(_)) => "order.imported",
+            Some(Payload::TierChanged(_)) => "loyalty.tier_changed",
+            Some(Payload::TierWillDrop(_)) => "loyalty.tier_will_drop",
+            Some(Payload::PointsExpiring(_)) => "loyalty.points_expiring",
+            Some(Payload::PointsExpired(_)) => "loyalty.points_expired",
+            Some(Payload::RewardExchanged(_)) => "loyalty.reward_exchanged",
             None => "unknown",
         }
     }

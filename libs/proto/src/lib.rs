@@ -18,6 +18,12 @@ pub mod customer {
     }
 }
 
+pub mod loyalty {
+    pub mod v1 {
+        tonic::include_proto!("huitou.loyalty.v1");
+    }
+}
+
 pub mod bench {
     pub mod v1 {
         tonic::include_proto!("huitou.bench.v1");

@@ -10,6 +10,7 @@ pub mod idempotency;
 pub mod inbox;
 pub mod migrate;
 pub mod outbox;
+pub mod write;
 
 pub use db::{Database, DatabaseConfig, WriteTx};
 pub use error::StorageError;

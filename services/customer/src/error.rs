@@ -51,6 +51,16 @@ pub enum CustomerError {
     Privacy(#[from] PrivacyError),
 }
 
+impl huitou_storage::write::Retryable for CustomerError {
+    fn is_retryable(&self) -> bool {
+        match self {
+            CustomerError::Storage(e) => e.is_retryable(),
+            CustomerError::Rejected(f) => f.is_retryable(),
+            _ => false,
+        }
+    }
+}
+
 impl From<Failure> for CustomerError {
     fn from(f: Failure) -> Self {
         CustomerError::Rejected(f)

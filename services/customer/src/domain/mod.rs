@@ -2,4 +2,4 @@
 
 pub mod customer;
 pub mod order;
-pub mod paging;
+pub use huitou_runtime::paging;

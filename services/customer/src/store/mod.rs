@@ -12,17 +12,14 @@ use std::sync::Arc;
 
 use huitou_privacy::Vault;
 use huitou_runtime::auth::BoxFuture;
-use huitou_storage::idempotency::{self, IdempotencyKey};
+use huitou_storage::idempotency::IdempotencyKey;
 use huitou_storage::outbox::Outbox;
+use huitou_storage::write;
 use huitou_storage::{Database, StorageError, WriteTx};
 use prost::Message;
 
 use crate::cache::CustomerCache;
 use crate::error::CustomerError;
-
-/// Attempts of a write that lost a race (a unique key taken by a concurrent
-/// writer, a deadlock) before the caller sees ABORTED.
-const WRITE_ATTEMPTS: usize = 4;
 
 /// Everything the service stores, and the keys to its personal data.
 #[derive(Clone)]
@@ -81,7 +78,7 @@ impl Store {
         R: Message + Default,
         F: for<'t> Fn(&'t WriteTx, &'t Store) -> BoxFuture<'t, Result<R, CustomerError>>,
     {
-        retrying(|| self.write_once(key, &work)).await
+        write::once_per_request(&self.db, &self.outbox, key, self, work).await
     }
 
     /// Runs `work` in a write transaction, with the same retries as
@@ -90,38 +87,7 @@ impl Store {
     where
         F: for<'t> Fn(&'t WriteTx, &'t Store) -> BoxFuture<'t, Result<R, CustomerError>>,
     {
-        retrying(|| async {
-            let tx = self.db.begin().await?;
-            let answer = work(&tx, self).await?;
-            tx.commit().await?;
-            self.outbox.notify();
-            Ok(answer)
-        })
-        .await
-    }
-
-    async fn write_once<R, F>(
-        &self,
-        key: Option<&IdempotencyKey>,
-        work: &F,
-    ) -> Result<R, CustomerError>
-    where
-        R: Message + Default,
-        F: for<'t> Fn(&'t WriteTx, &'t Store) -> BoxFuture<'t, Result<R, CustomerError>>,
-    {
-        let tx = self.db.begin().await?;
-        if let Some(key) = key
-            && let Some(answer) = idempotency::claim::<R>(&tx, key).await?
-        {
-            return Ok(answer);
-        }
-        let answer = work(&tx, self).await?;
-        if let Some(key) = key {
-            idempotency::remember(&tx, key, &answer).await?;
-        }
-        tx.commit().await?;
-        self.outbox.notify();
-        Ok(answer)
+        write::transaction(&self.db, &self.outbox, self, work).await
     }
 
     /// ` FOR UPDATE` on PostgreSQL; nothing on SQLite, where the write gate
@@ -131,32 +97,6 @@ impl Store {
             " FOR UPDATE"
         } else {
             ""
-        }
-    }
-}
-
-/// Runs `attempt` until it succeeds, fails for good, or has lost
-/// [`WRITE_ATTEMPTS`] races.
-async fn retrying<R, Fut>(mut attempt: impl FnMut() -> Fut) -> Result<R, CustomerError>
-where
-    Fut: std::future::Future<Output = Result<R, CustomerError>>,
-{
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        let result = attempt().await;
-        if let Err(e) = &result {
-            tracing::debug!(tries, error = %e, "write attempt failed");
-        }
-        match result {
-            Err(CustomerError::Storage(StorageError::Conflict(_) | StorageError::Retry(_)))
-                if tries < WRITE_ATTEMPTS =>
-            {
-                tokio::time::sleep(std::time::Duration::from_millis(2 * tries as u64)).await;
-            }
-            Err(CustomerError::Rejected(f))
-                if f.reason == "TRANSACTION_CONFLICT" && tries < WRITE_ATTEMPTS => {}
-            other => return other,
         }
     }
 }

@@ -1,8 +1,8 @@
 //! Page tokens (AIP-158): opaque to callers, bound to the filters they were
 //! made with, so a token cannot be replayed against different filters.
 
-use huitou_runtime::auth::hex;
-use huitou_runtime::{Failure, FieldViolations};
+use crate::auth::hex;
+use crate::{Failure, FieldViolations};
 use sha2::{Digest, Sha256};
 
 /// Default page size.

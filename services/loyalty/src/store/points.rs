@@ -1,0 +1,351 @@
+//! Points moves: earning on paid orders, taking back on refunds, review and
+//! referral bonuses, check-ins, adjustments and spends. Each runs inside
+//! the caller's transaction with the member row locked.
+
+use chrono::{Datelike, TimeZone};
+use huitou_proto::events::v1::OrderSnapshot;
+use huitou_proto::loyalty::v1::EntryKind;
+use huitou_proto::micros_from_timestamp;
+use huitou_storage::{WriteTx, now_micros};
+use sea_orm::{ConnectionTrait, FromQueryResult};
+
+use super::Store;
+use super::members::{EntryRow, MemberKey, MemberRow, NewEntry, yuan};
+use crate::domain::days;
+use crate::domain::ledger;
+use crate::domain::program::Program;
+use crate::error::LoyaltyError;
+
+/// Who wrote an entry because an event arrived.
+pub const EVENT_ACTOR: &str = "event";
+
+#[derive(FromQueryResult)]
+struct OrderRow {
+    paid_fen: i64,
+    refunded_fen: i64,
+    earned_points: i64,
+    reversed_points: i64,
+    lot_id: Option<String>,
+    reviewed: i32,
+}
+
+/// The local calendar day number (days since 1970-01-01 in `zone`) and month of `micros`.
+pub fn local_day(program: &Program, micros: i64) -> (i32, u32) {
+    let zone = program.zone();
+    let utc = chrono::DateTime::from_timestamp_micros(micros).unwrap_or_default();
+    let local = zone.from_utc_datetime(&utc.naive_utc());
+    let day = local.date_naive().num_days_from_ce() - 719_163;
+    (day, local.month())
+}
+
+impl Store {
+    async fn member_order(
+        &self,
+        tx: &WriteTx,
+        shop_id: &str,
+        order_id: &str,
+    ) -> Result<Option<OrderRow>, LoyaltyError> {
+        let row = tx
+            .query_one_raw(sea_orm::Statement::from_sql_and_values(
+                self.db.backend(),
+                self.db.sql(&format!(
+                    "SELECT paid_fen, refunded_fen, earned_points, reversed_points, lot_id, reviewed
+                     FROM member_orders WHERE shop_id = $1 AND order_id = $2{}",
+                    self.lock_suffix()
+                )),
+                vec![shop_id.into(), order_id.into()],
+            ))
+            .await?;
+        Ok(match row {
+            Some(r) => Some(OrderRow::from_query_result(&r, "")?),
+            None => None,
+        })
+    }
+
+    /// An order was paid (or imported in a paid state, when `earn` is
+    /// false: history counts for tiers but earns no points). Records it
+    /// once, earns its points as pending until the return window closes,
+    /// then upgrades the tier if the window now qualifies.
+    pub async fn order_paid(
+        &self,
+        tx: &WriteTx,
+        shop_id: &str,
+        event_id: &str,
+        order: &OrderSnapshot,
+        earn: bool,
+    ) -> Result<(), LoyaltyError> {
+        let (program, _) = self.load_program(&**tx, shop_id).await?;
+        let paid_at = order
+            .pay_time
+            .as_ref()
+            .and_then(micros_from_timestamp)
+            .unwrap_or_else(now_micros);
+        let mut member = self
+            .ensure_member(tx, &program, shop_id, &order.customer_id, "", paid_at)
+            .await?;
+        if self
+            .member_order(tx, shop_id, &order.order_id)
+            .await?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let paid_fen = (order.payable_fen - order.refunded_fen).max(0);
+        let mut earned = 0;
+        let mut lot_id = None;
+        if earn {
+            let tier = &program.tiers[program.tier_or_base(&member.tier_code)];
+            let birthday = member.birthday_month > 0
+                && local_day(&program, paid_at).1 == member.birthday_month as u32;
+            earned = ledger::order_points(&program, tier, paid_fen, birthday);
+            if earned > 0 {
+                let available_at = paid_at + days(program.return_window_days);
+                let expire_at = (program.points_lifetime_days > 0)
+                    .then(|| available_at + days(program.points_lifetime_days));
+                let mut reason = format!(
+                    "order {} paid {} 元 at {} x{}.{:02}",
+                    order.order_no,
+                    yuan(paid_fen),
+                    tier.code,
+                    tier.points_multiplier_percent / 100,
+                    tier.points_multiplier_percent % 100
+                );
+                if birthday {
+                    reason.push_str(" (birthday month)");
+                }
+                let entry = self
+                    .append_entry(
+                        tx,
+                        &mut member,
+                        NewEntry {
+                            kind: EntryKind::OrderEarned as i32,
+                            points: earned,
+                            reason,
+                            source_event_id: event_id.into(),
+                            order_no: order.order_no.clone(),
+                            actor: EVENT_ACTOR.into(),
+                            available_at: Some(available_at),
+                            expire_at,
+                        },
+                        &[],
+                    )
+                    .await?;
+                lot_id = Some(entry.id);
+            }
+        }
+        tx.execute(
+            "INSERT INTO member_orders (shop_id, order_id, customer_id, order_no, paid_fen, refunded_fen,
+                paid_at, earned_points, lot_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            vec![
+                shop_id.into(),
+                order.order_id.clone().into(),
+                order.customer_id.clone().into(),
+                order.order_no.clone().into(),
+                order.payable_fen.into(),
+                order.refunded_fen.into(),
+                paid_at.into(),
+                earned.into(),
+                lot_id.into(),
+            ],
+        )
+        .await?;
+        member.paid_order_count += 1;
+        self.evaluate_tier(tx, &program, &mut member, now_micros())
+            .await?;
+        self.save_member(tx, &member).await
+    }
+
+    /// Money was refunded: the order's points are taken back in proportion
+    /// (all of them for a full refund). The tier only changes at
+    /// requalification, as the downgrade policy says.
+    pub async fn order_refunded(
+        &self,
+        tx: &WriteTx,
+        shop_id: &str,
+        event_id: &str,
+        order: &OrderSnapshot,
+    ) -> Result<(), LoyaltyError> {
+        let Some(row) = self.member_order(tx, shop_id, &order.order_id).await? else {
+            // Refunded before loyalty saw it paid (or never paid): nothing
+            // was earned, nothing to take back.
+            return Ok(());
+        };
+        let refunded = order.refunded_fen.max(row.refunded_fen);
+        let target = ledger::reversed_share(row.earned_points, row.paid_fen, refunded);
+        let points = target - row.reversed_points;
+        let mut member = self
+            .find_member(
+                &**tx,
+                shop_id,
+                &MemberKey::Id(order.customer_id.clone()),
+                true,
+            )
+            .await?;
+        let mut taken = 0;
+        if points > 0 {
+            let now = now_micros();
+            let lots = self.lots(&**tx, shop_id, &member.customer_id).await?;
+            let (takes, short) =
+                ledger::take_for_reversal(&lots, row.lot_id.as_deref(), points, now);
+            taken = takes.iter().map(|t| t.points).sum::<i64>();
+            let mut reason = format!(
+                "order {} refunded {} of {} 元",
+                order.order_no,
+                yuan(refunded),
+                yuan(row.paid_fen)
+            );
+            if short > 0 {
+                reason.push_str(&format!(
+                    "; {short} points were already spent and are not taken back"
+                ));
+            }
+            if taken > 0 || short > 0 {
+                self.append_entry(
+                    tx,
+                    &mut member,
+                    NewEntry {
+                        kind: EntryKind::RefundReversed as i32,
+                        points: -taken,
+                        reason,
+                        source_event_id: event_id.into(),
+                        order_no: order.order_no.clone(),
+                        actor: EVENT_ACTOR.into(),
+                        ..NewEntry::default()
+                    },
+                    &takes,
+                )
+                .await?;
+            }
+            taken += short;
+        }
+        tx.execute(
+            "UPDATE member_orders SET refunded_fen = $1, reversed_points = reversed_points + $2
+             WHERE shop_id = $3 AND order_id = $4",
+            vec![
+                refunded.into(),
+                taken.into(),
+                shop_id.into(),
+                order.order_id.clone().into(),
+            ],
+        )
+        .await?;
+        self.save_member(tx, &member).await
+    }
+
+    /// The buyer reviewed a paid order: the review bonus, once per order.
+    /// Every genuine review counts, whatever its rating.
+    pub async fn order_reviewed(
+        &self,
+        tx: &WriteTx,
+        shop_id: &str,
+        event_id: &str,
+        order: &OrderSnapshot,
+    ) -> Result<(), LoyaltyError> {
+        let Some(row) = self.member_order(tx, shop_id, &order.order_id).await? else {
+            return Ok(());
+        };
+        let (program, _) = self.load_program(&**tx, shop_id).await?;
+        let bonus = program.earning.review_points;
+        if row.reviewed != 0 || bonus == 0 || row.refunded_fen >= row.paid_fen {
+            return Ok(());
+        }
+        let mut member = self
+            .find_member(
+                &**tx,
+                shop_id,
+                &MemberKey::Id(order.customer_id.clone()),
+                true,
+            )
+            .await?;
+        self.earn(
+            tx,
+            &program,
+            &mut member,
+            EntryKind::ReviewEarned,
+            bonus,
+            format!("review of order {}", order.order_no),
+            event_id,
+            &order.order_no,
+            EVENT_ACTOR,
+        )
+        .await?;
+        tx.execute(
+            "UPDATE member_orders SET reviewed = 1 WHERE shop_id = $1 AND order_id = $2",
+            vec![shop_id.into(), order.order_id.clone().into()],
+        )
+        .await?;
+        self.save_member(tx, &member).await
+    }
+
+    /// Earns `points` available at once (bonuses, check-ins, adjustments).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn earn(
+        &self,
+        tx: &WriteTx,
+        program: &Program,
+        member: &mut MemberRow,
+        kind: EntryKind,
+        points: i64,
+        reason: String,
+        event_id: &str,
+        order_no: &str,
+        actor: &str,
+    ) -> Result<EntryRow, LoyaltyError> {
+        let now = now_micros();
+        let expire_at =
+            (program.points_lifetime_days > 0).then(|| now + days(program.points_lifetime_days));
+        self.append_entry(
+            tx,
+            member,
+            NewEntry {
+                kind: kind as i32,
+                points,
+                reason,
+                source_event_id: event_id.into(),
+                order_no: order_no.into(),
+                actor: actor.into(),
+                available_at: Some(now),
+                expire_at,
+            },
+            &[],
+        )
+        .await
+    }
+
+    /// Spends `points` of the locked member's available points, soonest
+    /// expiring first; never below zero.
+    pub async fn spend(
+        &self,
+        tx: &WriteTx,
+        member: &mut MemberRow,
+        kind: EntryKind,
+        points: i64,
+        reason: String,
+        actor: &str,
+    ) -> Result<EntryRow, LoyaltyError> {
+        let now = now_micros();
+        let lots = self
+            .lots(&**tx, &member.shop_id, &member.customer_id)
+            .await?;
+        let takes = ledger::take_for_spend(&lots, points, now).map_err(|s| {
+            LoyaltyError::NotEnoughPoints {
+                needed: points,
+                available: s.available,
+            }
+        })?;
+        self.append_entry(
+            tx,
+            member,
+            NewEntry {
+                kind: kind as i32,
+                points: -points,
+                reason,
+                actor: actor.into(),
+                ..NewEntry::default()
+            },
+            &takes,
+        )
+        .await
+    }
+}
