@@ -19,7 +19,7 @@ fail() { echo "FAIL: $*"; cat "$log"; exit 1; }
 call() { grpcurl -plaintext -H "$auth" -d "$2" "$addr" "huitou.customer.v1.CustomerService/$1"; }
 
 services=$(grpcurl -plaintext "$addr" list)
-for s in huitou.customer.v1.CustomerService grpc.health.v1.Health grpc.reflection.v1alpha.ServerReflection; do
+for s in huitou.customer.v1.CustomerService huitou.loyalty.v1.LoyaltyService grpc.health.v1.Health grpc.reflection.v1alpha.ServerReflection; do
   grep -qx "$s" <<<"$services" || fail "list does not show $s"
 done
 grpcurl -plaintext "$addr" describe huitou.customer.v1.CustomerService | grep -q "Records an order" \
@@ -40,6 +40,15 @@ id=$(call FindCustomerByPhone '{"phone":"13812345678"}' | python3 -c "import jso
 call RevealContact "{\"customer_id\":\"$id\",\"field\":\"CONTACT_FIELD_PHONE\",\"reason\":\"smoke test reveal\"}" \
   | grep -q '"13812345678"' || fail "reveal"
 call ListAuditEntries "{\"customer_id\":\"$id\"}" | grep -q "smoke test reveal" || fail "audit"
+lcall() { grpcurl -plaintext -H "$auth" -d "$2" "$addr" "huitou.loyalty.v1.LoyaltyService/$1"; }
+for _ in $(seq 1 50); do
+  lcall GetMember '{"buyer_nick":"tb_smoke"}' 2>/dev/null | grep -q '"balancePoints": "198"' && break
+  sleep 0.1
+done
+lcall GetMember '{"buyer_nick":"tb_smoke"}' | grep -q '"balancePoints": "198"' \
+  || fail "loyalty: the paid order did not earn its points"
+lcall GetMemberPrice '{"buyer_nick":"tb_smoke","lines":[{"sku":"A","quantity":1,"unit_price_fen":9900}]}' \
+  | grep -q '"tierCode": "REGULAR"' || fail "loyalty: member price"
 out=$(call RecordOrder '{"order_no":"","buyer_nick":"x"}' 2>&1 || true)
 grep -q "InvalidArgument" <<<"$out" || fail "bad input is not INVALID_ARGUMENT: $out"
 verbose=$(grpcurl -plaintext -H "$auth" -H "x-request-id: smoke-42" -v -d '{}' "$addr" huitou.customer.v1.ShopService/GetShop)

@@ -11,6 +11,7 @@ use huitou::{Settings, Suite};
 use huitou_privacy::PersonalDataConfig;
 use huitou_proto::customer::v1::customer_service_client::CustomerServiceClient;
 use huitou_proto::customer::v1::shop_service_client::ShopServiceClient;
+use huitou_proto::loyalty::v1::loyalty_service_client::LoyaltyServiceClient;
 use huitou_runtime::Role;
 use huitou_testkit::TestDatabase;
 use secrecy::SecretString;
@@ -58,6 +59,10 @@ pub type Customers =
 pub type Shops =
     ShopServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
 
+/// A loyalty-service client with a key.
+pub type Loyalty =
+    LoyaltyServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
+
 /// A suite serving on an ephemeral port.
 pub struct TestSuite {
     /// Where it listens.
@@ -68,6 +73,8 @@ pub struct TestSuite {
     pub other_shop: ShopKeys,
     /// Its database.
     pub database: TestDatabase,
+    /// The loyalty service's database, when it runs.
+    pub loyalty_database: Option<TestDatabase>,
     /// Its settings.
     pub settings: Settings,
     stop: Option<oneshot::Sender<()>>,
@@ -91,6 +98,18 @@ pub fn test_settings(database: &TestDatabase) -> Settings {
     settings
 }
 
+/// Adds the loyalty service over its own `database` to `settings`.
+pub fn with_loyalty(settings: &mut Settings, database: &TestDatabase) {
+    let mut loyalty = huitou_loyalty::LoyaltyConfig {
+        database: database.config.clone(),
+        ..Default::default()
+    };
+    loyalty.outbox.poll_interval_ms = 50;
+    loyalty.outbox.retry_base_ms = 50;
+    loyalty.outbox.retry_max_ms = 500;
+    settings.loyalty = Some(loyalty);
+}
+
 async fn shop_keys(suite: &Suite, name: &str) -> ShopKeys {
     let store = &suite.customer.store;
     let shop = store
@@ -108,11 +127,15 @@ async fn shop_keys(suite: &Suite, name: &str) -> ShopKeys {
 }
 
 impl TestSuite {
-    /// Starts a suite on fresh storage.
+    /// Starts a suite of every service on fresh storage.
     pub async fn start(label: &str) -> TestSuite {
         let database = TestDatabase::new(label).await;
-        let settings = test_settings(&database);
-        Self::start_with(database, settings).await
+        let loyalty = TestDatabase::new(&format!("{label}-loyalty")).await;
+        let mut settings = test_settings(&database);
+        with_loyalty(&mut settings, &loyalty);
+        let mut suite = Self::start_with(database, settings).await;
+        suite.loyalty_database = Some(loyalty);
+        suite
     }
 
     /// Starts a suite with the given settings.
@@ -128,6 +151,7 @@ impl TestSuite {
             shop,
             other_shop,
             database,
+            loyalty_database: None,
             settings,
             stop: Some(stop),
             task: Some(task),
@@ -217,10 +241,19 @@ impl TestSuite {
         ShopServiceClient::with_interceptor(self.channel.clone(), bearer)
     }
 
+    /// A loyalty-service client presenting `key`.
+    pub fn loyalty(&self, key: &str) -> Loyalty {
+        let bearer = Bearer(format!("Bearer {key}").parse().expect("metadata"));
+        LoyaltyServiceClient::with_interceptor(self.channel.clone(), bearer)
+    }
+
     /// Stops the server and hands back the storage for inspection; call
     /// `cleanup` on it afterwards.
     pub async fn stop_keeping_storage(mut self) -> TestDatabase {
         self.stop_server().await;
+        if let Some(loyalty) = self.loyalty_database.take() {
+            loyalty.cleanup().await;
+        }
         self.database
     }
 

@@ -123,6 +123,7 @@ enum ServiceName {
 enum MigrateTarget {
     All,
     Customer,
+    Loyalty,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -153,7 +154,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             migrate,
         } => {
-            let settings = settings::cluster(config.as_deref())?;
+            let mut settings = settings::cluster(config.as_deref())?;
+            // One service per process in a cluster.
+            settings.loyalty = None;
             let _telemetry = telemetry::init("huitou-customer", &settings.telemetry)?;
             let listen = settings.server.listen;
             let suite = Suite::open(settings, migrate).await?;
@@ -165,14 +168,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Migrate {
-            service: _,
+            service,
             config,
             data_dir,
         } => {
             let settings = target_settings(data_dir.as_deref(), config.as_deref())?;
-            let db = huitou_storage::Database::connect(&settings.customer.database).await?;
-            huitou_customer::migrate(&db).await?;
-            println!("customer: migrations applied");
+            if matches!(service, MigrateTarget::All | MigrateTarget::Customer) {
+                let db = huitou_storage::Database::connect(&settings.customer.database).await?;
+                huitou_customer::migrate(&db).await?;
+                println!("customer: migrations applied");
+            }
+            if matches!(service, MigrateTarget::All | MigrateTarget::Loyalty) {
+                match &settings.loyalty {
+                    Some(loyalty) => {
+                        let db = huitou_storage::Database::connect(&loyalty.database).await?;
+                        huitou_loyalty::migrate(&db).await?;
+                        println!("loyalty: migrations applied");
+                    }
+                    None if matches!(service, MigrateTarget::Loyalty) => {
+                        bail!("loyalty is not configured (no [loyalty] section)")
+                    }
+                    None => {}
+                }
+            }
             Ok(())
         }
         Command::Admin { command } => admin(command).await,
@@ -258,7 +276,8 @@ async fn up(data_dir: &Path, listen: SocketAddr, config: Option<&Path>) -> anyho
         .with_context(|| format!("cannot listen on {listen}"))?;
     let address = listener.local_addr()?;
     println!(
-        "Huitou is serving on {address} (services: customer), data in {}",
+        "Huitou is serving on {address} (services: {}), data in {}",
+        suite.service_names().join(", "),
         data_dir.display()
     );
     println!("demo shop {}  operator key: {}", demo.0, demo.1);

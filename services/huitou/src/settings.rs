@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use huitou_customer::CustomerConfig;
+use huitou_loyalty::LoyaltyConfig;
 use huitou_privacy::PersonalDataConfig;
 use huitou_runtime::config::{ConfigError, ServerConfig, TelemetryConfig, Validate, load_layers};
 use huitou_storage::DatabaseConfig;
@@ -47,6 +48,8 @@ pub struct Settings {
     pub auth: AuthConfig,
     /// The customer service.
     pub customer: CustomerConfig,
+    /// The loyalty service; it runs in this process when present.
+    pub loyalty: Option<LoyaltyConfig>,
 }
 
 impl Validate for Settings {
@@ -58,6 +61,9 @@ impl Validate for Settings {
             _ => problems.push("auth.internal_token: required, at least 32 characters".into()),
         }
         problems.extend(self.customer.problems("customer"));
+        if let Some(loyalty) = &self.loyalty {
+            problems.extend(loyalty.problems("loyalty"));
+        }
     }
 }
 
@@ -76,6 +82,10 @@ pub fn embedded(data_dir: &Path, config_file: Option<&Path>) -> Result<Settings,
     }
     let mut defaults = Settings::default();
     defaults.customer.database = DatabaseConfig::sqlite_file(&data_dir.join("customer.db"));
+    defaults.loyalty = Some(LoyaltyConfig {
+        database: DatabaseConfig::sqlite_file(&data_dir.join("loyalty.db")),
+        ..LoyaltyConfig::default()
+    });
     let mut files: Vec<&Path> = vec![&secrets];
     files.extend(config_file);
     load_layers(&defaults, &files)
@@ -130,4 +140,18 @@ pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 /// The default data folder of the embedded default.
 pub fn default_data_dir() -> PathBuf {
     PathBuf::from("huitou-data")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_default_runs_every_service() {
+        let dir = std::env::temp_dir().join(format!("huitou-settings-{}", std::process::id()));
+        let settings = embedded(&dir, None).expect("settings");
+        let loyalty = settings.loyalty.expect("loyalty runs");
+        assert!(loyalty.database.url.contains("loyalty.db"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

@@ -272,8 +272,9 @@ impl Store {
         let from = now - days(program.qualification_window_days);
         let row = conn
             .query_one_raw(self.stmt(
-                "SELECT SUM(paid_fen - refunded_fen) AS spend,
-                        SUM(CASE WHEN refunded_fen < paid_fen THEN 1 ELSE 0 END) AS orders
+                // PostgreSQL sums BIGINT as NUMERIC: cast back.
+                "SELECT CAST(SUM(paid_fen - refunded_fen) AS BIGINT) AS spend,
+                        CAST(SUM(CASE WHEN refunded_fen < paid_fen THEN 1 ELSE 0 END) AS BIGINT) AS orders
                  FROM member_orders WHERE shop_id = $1 AND customer_id = $2 AND paid_at > $3",
                 vec![shop_id.into(), customer_id.into(), from.into()],
             ))

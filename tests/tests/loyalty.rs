@@ -1,0 +1,482 @@
+//! The loyalty service moved by customer-service events, as a storefront
+//! and an operator use it.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test code fails loudly
+
+use std::time::Duration;
+
+use huitou_loyalty::domain::DAY_MICROS;
+use huitou_proto::customer::v1 as cpb;
+use huitou_proto::loyalty::v1 as pb;
+use huitou_tests::{Loyalty, TestSuite, ago, bad_fields, reason};
+use tonic::Code;
+
+fn paid_order(order_no: &str, nick: &str, sku: &str, fen: i64) -> cpb::RecordOrderRequest {
+    cpb::RecordOrderRequest {
+        order_no: order_no.into(),
+        buyer_nick: nick.into(),
+        status: cpb::OrderStatus::Paid as i32,
+        items: vec![cpb::OrderItem {
+            sku: sku.into(),
+            category: "童装".into(),
+            quantity: 1,
+            unit_price_fen: fen,
+            title: String::new(),
+        }],
+        payable_fen: fen,
+        create_time: Some(ago(3600)),
+        pay_time: Some(ago(3500)),
+        ..Default::default()
+    }
+}
+
+fn nick(n: &str) -> pb::GetMemberRequest {
+    pb::GetMemberRequest {
+        buyer_nick: n.into(),
+        ..Default::default()
+    }
+}
+
+/// Waits until the member satisfies `done` (events arrive through the
+/// relay a moment after the customer service commits).
+async fn member_when(
+    client: &mut Loyalty,
+    who: &str,
+    done: impl Fn(&pb::Member) -> bool,
+) -> pb::Member {
+    for _ in 0..200 {
+        if let Ok(r) = client.get_member(nick(who)).await
+            && let Some(m) = r.into_inner().member
+            && done(&m)
+        {
+            return m;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("member {who} never reached the expected state");
+}
+
+/// A program whose points are available at once (no return window).
+async fn immediate_program(ops: &mut Loyalty) {
+    let mut program = ops
+        .get_program(pb::GetProgramRequest {})
+        .await
+        .expect("program")
+        .into_inner()
+        .program
+        .expect("program");
+    program.return_window_days = 0;
+    ops.update_program(pb::UpdateProgramRequest {
+        program: Some(program),
+        ..Default::default()
+    })
+    .await
+    .expect("update program");
+}
+
+#[tokio::test]
+async fn orders_earn_points_refunds_take_them_back_and_tiers_rise_at_once() {
+    let suite = TestSuite::start("loyalty-flow").await;
+    let mut orders = suite.customers(&suite.shop.storefront);
+    let mut ops = suite.loyalty(&suite.shop.operator);
+    let mut front = suite.loyalty(&suite.shop.storefront);
+    immediate_program(&mut ops).await;
+
+    // 600.00 元 paid: 600 points at REGULAR, and SENIOR (500 元) at once.
+    orders
+        .record_order(paid_order("L1", "tb_li", "SKU-1", 60_000))
+        .await
+        .expect("order");
+    let m = member_when(&mut front, "tb_li", |m| m.balance_points > 0).await;
+    assert_eq!(m.balance_points, 600);
+    assert_eq!(m.available_points, 600);
+    assert_eq!(m.tier_code, "SENIOR");
+    assert_eq!(m.paid_order_count, 1);
+    assert_eq!(m.window_spend_fen, 60_000);
+
+    // A partial refund of a third takes back a third of the points.
+    orders
+        .refund_order(cpb::RefundOrderRequest {
+            order_no: "L1".into(),
+            refund_no: "R1".into(),
+            amount_fen: 20_000,
+            reason: "尺码不合适".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("refund");
+    let m = member_when(&mut front, "tb_li", |m| m.balance_points < 600).await;
+    assert_eq!(m.balance_points, 400);
+    // The tier stays until requalification, as the downgrade policy says.
+    assert_eq!(m.tier_code, "SENIOR");
+
+    // Every entry explains itself, and the balance is their sum.
+    let ledger = front
+        .list_ledger_entries(pb::ListLedgerEntriesRequest {
+            buyer_nick: "tb_li".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("ledger")
+        .into_inner();
+    assert_eq!(ledger.entries.len(), 2);
+    assert_eq!(ledger.entries.iter().map(|e| e.points).sum::<i64>(), 400);
+    assert_eq!(ledger.entries[0].kind, pb::EntryKind::RefundReversed as i32);
+    assert!(ledger.entries[1].reason.contains("order L1 paid 600.00"));
+    assert!(!ledger.entries[1].source_event_id.is_empty());
+    let changes = front
+        .list_tier_changes(pb::ListTierChangesRequest {
+            buyer_nick: "tb_li".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("tier changes")
+        .into_inner();
+    assert_eq!(changes.changes.len(), 1);
+    assert_eq!(changes.changes[0].to_tier_code, "SENIOR");
+
+    // Another shop sees nothing of this member.
+    let mut other = suite.loyalty(&suite.other_shop.operator);
+    let err = other.get_member(nick("tb_li")).await.expect_err("hidden");
+    assert_eq!(err.code(), Code::NotFound);
+    suite.stop().await;
+}
+
+#[tokio::test]
+async fn member_prices_combine_tier_discount_and_the_old_customer_zone() {
+    let suite = TestSuite::start("loyalty-prices").await;
+    let mut orders = suite.customers(&suite.shop.storefront);
+    let mut ops = suite.loyalty(&suite.shop.operator);
+    let mut front = suite.loyalty(&suite.shop.storefront);
+    ops.set_member_prices(pb::SetMemberPricesRequest {
+        prices: vec![pb::MemberPrice {
+            sku: "NEW-1".into(),
+            price_fen: 990,
+            returning_customers_only: true,
+            label: "破零价".into(),
+            min_tier_code: String::new(),
+        }],
+        ..Default::default()
+    })
+    .await
+    .expect("zone prices");
+    // A new buyer (customer created, nothing paid) sees list prices.
+    suite
+        .customers(&suite.shop.storefront)
+        .upsert_customer(cpb::UpsertCustomerRequest {
+            buyer_nick: "tb_new".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("customer");
+    member_when(&mut front, "tb_new", |_| true).await;
+    let cart = |who: &str| pb::GetMemberPriceRequest {
+        buyer_nick: who.into(),
+        lines: vec![
+            pb::CartLine {
+                sku: "NEW-1".into(),
+                quantity: 2,
+                unit_price_fen: 5_900,
+            },
+            pb::CartLine {
+                sku: "OLD-1".into(),
+                quantity: 1,
+                unit_price_fen: 10_000,
+            },
+        ],
+        ..Default::default()
+    };
+    let priced = front
+        .get_member_price(cart("tb_new"))
+        .await
+        .expect("price")
+        .into_inner();
+    assert_eq!(priced.tier_code, "REGULAR");
+    assert_eq!(priced.member_total_fen, priced.list_total_fen);
+
+    // A returning GOLD buyer gets the zone price and the 9折 tier price.
+    orders
+        .record_order(paid_order("P1", "tb_gold", "OLD-1", 250_000))
+        .await
+        .expect("order");
+    member_when(&mut front, "tb_gold", |m| m.tier_code == "GOLD").await;
+    let priced = front
+        .get_member_price(cart("tb_gold"))
+        .await
+        .expect("price")
+        .into_inner();
+    assert_eq!(priced.lines[0].member_unit_price_fen, 990);
+    assert_eq!(
+        priced.lines[0].source,
+        pb::PriceSource::MemberPriceList as i32
+    );
+    assert_eq!(priced.lines[0].label, "破零价");
+    assert_eq!(priced.lines[1].member_unit_price_fen, 9_000);
+    assert_eq!(priced.member_total_fen, 2 * 990 + 9_000);
+    assert_eq!(priced.list_total_fen, 2 * 5_900 + 10_000);
+
+    let err = front
+        .get_member_price(pb::GetMemberPriceRequest {
+            buyer_nick: "nobody".into(),
+            ..cart("x")
+        })
+        .await
+        .expect_err("unknown");
+    assert_eq!(err.code(), Code::NotFound);
+    let mut bad = cart("tb_gold");
+    bad.lines[1].unit_price_fen = -1;
+    let err = front.get_member_price(bad).await.expect_err("negative");
+    assert_eq!(bad_fields(&err), vec!["lines[1].unit_price_fen"]);
+    suite.stop().await;
+}
+
+#[tokio::test]
+async fn bad_programs_and_adjustments_are_refused_and_change_nothing() {
+    let suite = TestSuite::start("loyalty-bad").await;
+    let mut ops = suite.loyalty(&suite.shop.operator);
+    let mut front = suite.loyalty(&suite.shop.storefront);
+    let program = ops
+        .get_program(pb::GetProgramRequest {})
+        .await
+        .expect("program")
+        .into_inner()
+        .program
+        .expect("program");
+
+    let mut overlapping = program.clone();
+    overlapping.tiers[2].min_spend_fen = overlapping.tiers[1].min_spend_fen;
+    let err = ops
+        .update_program(pb::UpdateProgramRequest {
+            program: Some(overlapping),
+            ..Default::default()
+        })
+        .await
+        .expect_err("overlap");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(bad_fields(&err), vec!["program.tiers[2].min_spend_fen"]);
+
+    let mut too_deep = program.clone();
+    too_deep.tiers[3].price_per_mille = 600;
+    let err = ops
+        .update_program(pb::UpdateProgramRequest {
+            program: Some(too_deep),
+            ..Default::default()
+        })
+        .await
+        .expect_err("floor");
+    assert_eq!(bad_fields(&err), vec!["program.tiers[3].price_per_mille"]);
+
+    let err = front
+        .update_program(pb::UpdateProgramRequest {
+            program: Some(program.clone()),
+            ..Default::default()
+        })
+        .await
+        .expect_err("storefront");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let stored = ops
+        .get_program(pb::GetProgramRequest {})
+        .await
+        .expect("program")
+        .into_inner();
+    assert!(stored.update_time.is_none(), "nothing was stored");
+
+    suite
+        .customers(&suite.shop.storefront)
+        .upsert_customer(cpb::UpsertCustomerRequest {
+            buyer_nick: "tb_adj".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("customer");
+    member_when(&mut front, "tb_adj", |_| true).await;
+    let err = ops
+        .adjust_points(pb::AdjustPointsRequest {
+            buyer_nick: "tb_adj".into(),
+            points: 50,
+            ..Default::default()
+        })
+        .await
+        .expect_err("no reason");
+    assert_eq!(bad_fields(&err), vec!["reason"]);
+    let err = ops
+        .adjust_points(pb::AdjustPointsRequest {
+            buyer_nick: "tb_adj".into(),
+            points: -1,
+            reason: "纠错".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("below zero");
+    assert_eq!(reason(&err), "NOT_ENOUGH_POINTS");
+    let err = ops
+        .adjust_points(pb::AdjustPointsRequest {
+            buyer_nick: "nobody".into(),
+            points: 5,
+            reason: "x".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("unknown");
+    assert_eq!(err.code(), Code::NotFound);
+
+    // The same request id twice adds once.
+    let grant = pb::AdjustPointsRequest {
+        request_id: "7d0c4b8e-adjust-1".into(),
+        buyer_nick: "tb_adj".into(),
+        points: 100,
+        reason: "客服补偿".into(),
+        ..Default::default()
+    };
+    let first = ops.adjust_points(grant.clone()).await.expect("adjust");
+    let again = ops.adjust_points(grant).await.expect("retry");
+    assert_eq!(
+        first.into_inner().entry.expect("entry").entry_id,
+        again.into_inner().entry.expect("entry").entry_id
+    );
+    let m = front.get_member(nick("tb_adj")).await.expect("member");
+    assert_eq!(m.into_inner().member.expect("member").balance_points, 100);
+    suite.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_exchanges_never_spend_more_than_the_balance() {
+    let suite = TestSuite::start("loyalty-race").await;
+    let mut ops = suite.loyalty(&suite.shop.operator);
+    let mut front = suite.loyalty(&suite.shop.storefront);
+    suite
+        .customers(&suite.shop.storefront)
+        .upsert_customer(cpb::UpsertCustomerRequest {
+            buyer_nick: "tb_race".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("customer");
+    member_when(&mut front, "tb_race", |_| true).await;
+    ops.adjust_points(pb::AdjustPointsRequest {
+        buyer_nick: "tb_race".into(),
+        points: 100,
+        reason: "活动赠送".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("grant");
+    ops.upsert_reward(pb::UpsertRewardRequest {
+        reward: Some(pb::Reward {
+            code: "MUG".into(),
+            name: "马克杯".into(),
+            kind: pb::RewardKind::Gift as i32,
+            points_cost: 10,
+            active: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("reward");
+
+    let mut calls = Vec::new();
+    for i in 0..64 {
+        let mut client = suite.loyalty(&suite.shop.storefront);
+        calls.push(tokio::spawn(async move {
+            client
+                .exchange_reward(pb::ExchangeRewardRequest {
+                    request_id: format!("race-{i:02}-0000"),
+                    buyer_nick: "tb_race".into(),
+                    reward_code: "MUG".into(),
+                    ..Default::default()
+                })
+                .await
+        }));
+    }
+    let mut ok = 0;
+    for c in calls {
+        match c.await.expect("task") {
+            Ok(_) => ok += 1,
+            Err(e) => assert_eq!(reason(&e), "NOT_ENOUGH_POINTS", "{e:?}"),
+        }
+    }
+    assert_eq!(ok, 10, "exactly the balance is spent");
+    let m = front
+        .get_member(nick("tb_race"))
+        .await
+        .expect("member")
+        .into_inner()
+        .member
+        .expect("member");
+    assert_eq!(m.balance_points, 0);
+    let tasks = ops
+        .list_fulfilment_tasks(pb::ListFulfilmentTasksRequest::default())
+        .await
+        .expect("tasks")
+        .into_inner();
+    assert_eq!(tasks.tasks.len(), 10, "every exchange has its gift task");
+    suite.stop().await;
+}
+
+#[tokio::test]
+async fn the_review_run_expires_points_warns_and_drops_tiers_after_grace() {
+    let suite = TestSuite::start("loyalty-nightly").await;
+    let mut orders = suite.customers(&suite.shop.storefront);
+    let mut ops = suite.loyalty(&suite.shop.operator);
+    let mut front = suite.loyalty(&suite.shop.storefront);
+    immediate_program(&mut ops).await;
+    orders
+        .record_order(paid_order("N1", "tb_night", "SKU-9", 250_000))
+        .await
+        .expect("order");
+    let m = member_when(&mut front, "tb_night", |m| m.tier_code == "GOLD").await;
+    assert_eq!(m.balance_points, 2_500);
+
+    let config = suite.settings.loyalty.clone().expect("loyalty config");
+    let loyalty = huitou_loyalty::LoyaltyService::open(&config, false)
+        .await
+        .expect("open");
+    let now = huitou_storage::now_micros();
+    let day = DAY_MICROS;
+
+    // 340 days on: the points expire within 30 days, a warning goes out once.
+    let r = loyalty.store.nightly(now + 340 * day).await.expect("run");
+    assert_eq!(r.expiry_warnings, 1);
+    let r = loyalty.store.nightly(now + 341 * day).await.expect("run");
+    assert_eq!(r.expiry_warnings, 0, "warned once");
+
+    // 366 days on: the points expired; the tier is due for requalification
+    // (the order fell out of the window), so a drop is announced, not made.
+    let r = loyalty.store.nightly(now + 366 * day).await.expect("run");
+    assert_eq!(r.points_expired, 2_500);
+    assert_eq!(r.drops_announced, 1);
+    let m = front
+        .get_member(nick("tb_night"))
+        .await
+        .expect("member")
+        .into_inner()
+        .member
+        .expect("member");
+    assert_eq!(m.balance_points, 0);
+    assert_eq!(m.tier_code, "GOLD");
+    assert_eq!(m.tier_drop_code, "REGULAR");
+
+    // After the 30-day grace the tier drops.
+    let r = loyalty.store.nightly(now + 397 * day).await.expect("run");
+    assert_eq!(r.tiers_dropped, 1);
+    let m = front
+        .get_member(nick("tb_night"))
+        .await
+        .expect("member")
+        .into_inner()
+        .member
+        .expect("member");
+    assert_eq!(m.tier_code, "REGULAR");
+    let ledger = front
+        .list_ledger_entries(pb::ListLedgerEntriesRequest {
+            buyer_nick: "tb_night".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("ledger")
+        .into_inner();
+    assert_eq!(ledger.entries[0].kind, pb::EntryKind::Expired as i32);
+    assert_eq!(ledger.entries.iter().map(|e| e.points).sum::<i64>(), 0);
+    suite.stop().await;
+}
