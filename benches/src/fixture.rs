@@ -99,7 +99,7 @@ impl Backend {
 
 /// Adds the API key to every call.
 #[derive(Clone)]
-pub struct Bearer(MetadataValue<Ascii>);
+pub struct Bearer(pub MetadataValue<Ascii>);
 
 impl Interceptor for Bearer {
     fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
@@ -125,7 +125,20 @@ impl Running {
     /// Starts a suite on `database` with the cache at `redis_url` (empty for
     /// in-process), inside the current runtime.
     pub async fn start(database: DatabaseConfig, redis_url: &str) -> anyhow::Result<Running> {
+        Self::start_suite(database, None, redis_url).await
+    }
+
+    /// Starts a suite that also runs loyalty over `loyalty` when given.
+    pub async fn start_suite(
+        database: DatabaseConfig,
+        loyalty: Option<DatabaseConfig>,
+        redis_url: &str,
+    ) -> anyhow::Result<Running> {
         let mut settings = Settings::default();
+        settings.loyalty = loyalty.map(|database| huitou_loyalty::LoyaltyConfig {
+            database,
+            ..Default::default()
+        });
         settings.auth.internal_token =
             Some(SecretString::from("bench-internal-token-0123456789abcdef"));
         settings.customer.database = database;

@@ -7,6 +7,7 @@
 mod fixture;
 mod import;
 mod load;
+mod loyalty;
 mod orders;
 mod report;
 mod rpc;
@@ -62,6 +63,21 @@ enum What {
         /// Orders to import.
         #[arg(long, default_value_t = 200_000)]
         orders: usize,
+    },
+    /// Order events applied to loyalty ledgers against raw inserts.
+    LoyaltyEvents {
+        /// Concurrent deliveries.
+        #[arg(long, default_value_t = 16)]
+        workers: usize,
+    },
+    /// GetMemberPrice (20-SKU cart) against bare tonic echo.
+    MemberPrice {
+        /// Concurrent callers.
+        #[arg(long, default_value_t = 64)]
+        workers: usize,
+        /// Connections they share.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
     },
     /// `huitou up` start-up and idle memory.
     Startup {
@@ -136,6 +152,21 @@ fn main() -> anyhow::Result<()> {
             import::run(orders, &backend, &handle, &mut report).await?;
         } else if all {
             import::run(200_000, &backend, &handle, &mut report).await?;
+        }
+        if let What::LoyaltyEvents { workers } = what {
+            loyalty::events(workers, duration, &backend, &mut report).await?;
+        } else if all {
+            loyalty::events(16, duration, &backend, &mut report).await?;
+        }
+        if let What::MemberPrice {
+            workers,
+            connections,
+        } = what
+        {
+            loyalty::member_price(workers, connections, duration, &backend, &handle, &mut report)
+                .await?;
+        } else if all {
+            loyalty::member_price(64, 4, duration, &backend, &handle, &mut report).await?;
         }
         let binary = match &what {
             What::Startup { binary } => Some(binary.clone()),

@@ -8,8 +8,50 @@ use huitou_proto::customer::v1 as pb;
 use sea_orm::sqlx;
 
 use crate::fixture::{Backend, Running, ago};
-use crate::load::closed_loop;
+use crate::load::{Measured, closed_loop};
 use crate::report::Report;
+
+/// Raw single-row INSERT transactions from `workers` writers on PostgreSQL
+/// (the limit for durable writes); `None` on SQLite.
+pub async fn raw_inserts(
+    backend: &Backend,
+    workers: usize,
+    warm: Duration,
+    duration: Duration,
+) -> anyhow::Result<Option<Measured>> {
+    let Backend::Postgres(_) = backend else {
+        return Ok(None);
+    };
+    let db = backend.fresh("raw").await?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(workers as u32)
+        .connect(&db.url)
+        .await?;
+    sqlx::query(
+        "CREATE TABLE raw_insert (shop_id TEXT NOT NULL, id TEXT NOT NULL, order_no TEXT NOT NULL,
+         payload TEXT NOT NULL, created_at BIGINT NOT NULL, PRIMARY KEY (shop_id, id))",
+    )
+    .execute(&pool)
+    .await?;
+    let pool = Arc::new(pool);
+    Ok(Some(
+        closed_loop(workers, warm, duration, move |w, i| {
+            let pool = pool.clone();
+            async move {
+                sqlx::query("INSERT INTO raw_insert (shop_id, id, order_no, payload, created_at) VALUES ($1, $2, $3, $4, $5)")
+                    .bind("shop")
+                    .bind(uuid::Uuid::now_v7().to_string())
+                    .bind(format!("R{w}-{i}"))
+                    .bind(r#"[{"sku":"SKU-1","category":"童装","quantity":2,"unit_price_fen":9900}]"#)
+                    .bind(i as i64)
+                    .execute(&*pool)
+                    .await
+                    .is_ok()
+            }
+        })
+        .await,
+    ))
+}
 
 /// Runs it with `workers` concurrent writers for `duration`.
 pub async fn run(
@@ -20,39 +62,7 @@ pub async fn run(
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let warm = Duration::from_secs(2);
-    let raw = if let Backend::Postgres(_) = backend {
-        let db = backend.fresh("raw").await?;
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(workers as u32)
-            .connect(&db.url)
-            .await?;
-        sqlx::query(
-            "CREATE TABLE raw_insert (shop_id TEXT NOT NULL, id TEXT NOT NULL, order_no TEXT NOT NULL,
-             payload TEXT NOT NULL, created_at BIGINT NOT NULL, PRIMARY KEY (shop_id, id))",
-        )
-        .execute(&pool)
-        .await?;
-        let pool = Arc::new(pool);
-        Some(
-            closed_loop(workers, warm, duration, move |w, i| {
-                let pool = pool.clone();
-                async move {
-                    sqlx::query("INSERT INTO raw_insert (shop_id, id, order_no, payload, created_at) VALUES ($1, $2, $3, $4, $5)")
-                        .bind("shop")
-                        .bind(uuid::Uuid::now_v7().to_string())
-                        .bind(format!("R{w}-{i}"))
-                        .bind(r#"[{"sku":"SKU-1","category":"童装","quantity":2,"unit_price_fen":9900}]"#)
-                        .bind(i as i64)
-                        .execute(&*pool)
-                        .await
-                        .is_ok()
-                }
-            })
-            .await,
-        )
-    } else {
-        None
-    };
+    let raw = raw_inserts(backend, workers, warm, duration).await?;
 
     let database = backend.fresh("orders").await?;
     let suite = servers

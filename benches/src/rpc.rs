@@ -36,16 +36,8 @@ pub struct RpcBench {
     pub customers: usize,
 }
 
-/// Runs it on `backend` with the cache at `redis_url`; servers run on
-/// `servers` (another runtime), the load here.
-pub async fn run(
-    bench: &RpcBench,
-    backend: &Backend,
-    redis_url: &str,
-    servers: &tokio::runtime::Handle,
-    report: &mut Report,
-) -> anyhow::Result<()> {
-    // The baseline: tonic with nothing but the echo service.
+/// Starts a bare tonic echo server on `servers`; its address.
+pub fn start_echo(servers: &tokio::runtime::Handle) -> anyhow::Result<std::net::SocketAddr> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let echo_address = listener.local_addr()?;
     listener.set_nonblocking(true)?;
@@ -58,6 +50,65 @@ pub async fn run(
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
             .await;
     });
+    Ok(echo_address)
+}
+
+/// Echo at full speed from `workers` callers over `connections`.
+pub async fn echo_peak(
+    address: std::net::SocketAddr,
+    workers: usize,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<(Measured, Arc<Vec<EchoClient>>)> {
+    let clients: Arc<Vec<EchoClient>> = Arc::new(
+        (0..connections)
+            .map(|_| channel(address).map(EchoServiceClient::new))
+            .collect::<Result<_, _>>()?,
+    );
+    let c2 = clients.clone();
+    let measured = closed_loop(workers, Duration::from_secs(2), duration, move |w, _| {
+        let mut c = c2[w % c2.len()].clone();
+        async move {
+            c.echo(EchoRequest {
+                payload: vec![7u8; 64],
+            })
+            .await
+            .is_ok()
+        }
+    })
+    .await;
+    Ok((measured, clients))
+}
+
+/// Echo paced at `rate` per second, open loop.
+pub async fn echo_paced(clients: Arc<Vec<EchoClient>>, rate: f64, duration: Duration) -> Measured {
+    open_loop(rate, duration, move |i| {
+        let mut c = clients[i as usize % clients.len()].clone();
+        async move {
+            c.echo(EchoRequest {
+                payload: vec![7u8; 64],
+            })
+            .await
+            .is_ok()
+        }
+    })
+    .await
+}
+
+/// An echo client.
+pub type EchoClient = EchoServiceClient<tonic::transport::Channel>;
+
+/// Runs it on `backend` with the cache at `redis_url`; servers run on
+/// `servers` (another runtime), the load here.
+pub async fn run(
+    bench: &RpcBench,
+    backend: &Backend,
+    redis_url: &str,
+    servers: &tokio::runtime::Handle,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    // The baseline: tonic with nothing but the echo service.
+    let echo_address = start_echo(servers)?;
     let database = backend.fresh("rpc").await?;
     let redis = redis_url.to_owned();
     let suite = servers
@@ -85,22 +136,14 @@ pub async fn run(
     }
     let ids = Arc::new(ids);
 
-    let echo_clients: Arc<Vec<_>> = Arc::new(
-        (0..bench.connections)
-            .map(|_| channel(echo_address).map(EchoServiceClient::new))
-            .collect::<Result<_, _>>()?,
-    );
-    let payload = vec![7u8; 64];
     let warm = Duration::from_secs(2);
-    let echo = {
-        let (clients, payload) = (echo_clients.clone(), payload.clone());
-        closed_loop(bench.workers, warm, bench.duration, move |w, _| {
-            let mut c = clients[w % clients.len()].clone();
-            let payload = payload.clone();
-            async move { c.echo(EchoRequest { payload }).await.is_ok() }
-        })
-        .await
-    };
+    let (echo, echo_clients) = echo_peak(
+        echo_address,
+        bench.workers,
+        bench.connections,
+        bench.duration,
+    )
+    .await?;
     let get = |clients: Arc<Vec<crate::fixture::Customers>>, ids: Arc<Vec<String>>| {
         move |w: usize, i: u64| {
             let mut c = clients[w % clients.len()].clone();
@@ -129,15 +172,7 @@ pub async fn run(
         paced_calls(i as usize % 64, i)
     })
     .await;
-    let echo_paced = {
-        let (clients, payload) = (echo_clients.clone(), payload.clone());
-        open_loop(half, bench.duration, move |i| {
-            let mut c = clients[i as usize % clients.len()].clone();
-            let payload = payload.clone();
-            async move { c.echo(EchoRequest { payload }).await.is_ok() }
-        })
-        .await
-    };
+    let echo_paced = echo_paced(echo_clients, half, bench.duration).await;
 
     let cache = if redis_url.is_empty() {
         "in-process cache"

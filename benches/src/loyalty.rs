@@ -1,0 +1,229 @@
+//! Loyalty: order events applied to ledgers against raw inserts, and
+//! GetMemberPrice for a 20-SKU cart against bare tonic echo.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use huitou_loyalty::LoyaltyService;
+use huitou_loyalty::events::LoyaltyEvents;
+use huitou_proto::customer::v1 as cpb;
+use huitou_proto::events::v1::event_envelope::Payload;
+use huitou_proto::events::v1::{EventEnvelope, OrderPaid, OrderSnapshot};
+use huitou_proto::loyalty::v1 as pb;
+use huitou_proto::loyalty::v1::loyalty_service_client::LoyaltyServiceClient;
+use huitou_storage::inbox::EventInbox;
+
+use crate::fixture::{Backend, Bearer, Running, ago, channel};
+use crate::load::{closed_loop, open_loop};
+use crate::orders::raw_inserts;
+use crate::report::Report;
+use crate::rpc::{echo_paced, echo_peak, start_echo};
+
+/// Members the events spread over.
+const MEMBERS: u64 = 20_000;
+
+/// Order events applied through the inbox by `workers` concurrent deliveries.
+pub async fn events(
+    workers: usize,
+    duration: Duration,
+    backend: &Backend,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let warm = Duration::from_secs(2);
+    let raw = raw_inserts(backend, workers, warm, duration).await?;
+    let mut config = huitou_loyalty::LoyaltyConfig {
+        database: backend.fresh("loyalty_events").await?,
+        ..Default::default()
+    };
+    config.database.max_connections = workers as u32 + 2;
+    let loyalty = LoyaltyService::open(&config, true).await?;
+    let inbox = Arc::new(EventInbox::new(
+        loyalty.store.db.clone(),
+        Arc::new(LoyaltyEvents::new(loyalty.store.clone())),
+    ));
+    let run = uuid::Uuid::now_v7().simple().to_string();
+    let applied = closed_loop(workers, warm, duration, move |w, i| {
+        let inbox = inbox.clone();
+        let member = (w as u64 * 1_000_003 + i * 7_919) % MEMBERS;
+        let order_id = format!("{}-{w}-{i}", &run[..12]);
+        async move {
+            let event = EventEnvelope {
+                event_id: uuid::Uuid::now_v7().to_string(),
+                shop_id: "bench-shop".into(),
+                occur_time: Some(ago(1)),
+                source_service: "customer".into(),
+                payload: Some(Payload::OrderPaid(OrderPaid {
+                    order: Some(OrderSnapshot {
+                        order_id: order_id.clone(),
+                        order_no: order_id,
+                        customer_id: format!("member-{member:06}"),
+                        status: "PAID".into(),
+                        payable_fen: 19_800,
+                        goods_fen: 19_800,
+                        pay_time: Some(ago(1)),
+                        ..Default::default()
+                    }),
+                })),
+                ..Default::default()
+            };
+            inbox.apply_once(&event).await.is_ok()
+        }
+    })
+    .await;
+    report.line(format!(
+        "### Order events applied to ledgers ({}, {workers} concurrent deliveries, {} s)",
+        backend.name(),
+        duration.as_secs()
+    ));
+    if let Some(raw) = &raw {
+        report.row("raw single-row INSERT transactions (limit)", raw, None);
+    }
+    report.row(
+        "order.paid applied (dedupe + member lock + ledger + lot + window + tier, 1 transaction)",
+        &applied,
+        raw.as_ref(),
+    );
+    report.check(
+        "≥ 5,000 events/s applied",
+        applied.per_second() >= 5_000.0,
+    );
+    if let Some(raw) = &raw {
+        report.check(
+            "events ≥ 0.3x raw inserts",
+            applied.per_second() >= 0.3 * raw.per_second(),
+        );
+    }
+    loyalty.store.db.close().await;
+    Ok(())
+}
+
+/// GetMemberPrice for a 20-SKU cart against bare tonic echo.
+pub async fn member_price(
+    workers: usize,
+    connections: usize,
+    duration: Duration,
+    backend: &Backend,
+    servers: &tokio::runtime::Handle,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let echo_address = start_echo(servers)?;
+    let customer_db = backend.fresh("price_customer").await?;
+    let loyalty_db = backend.fresh("price_loyalty").await?;
+    let suite = servers
+        .spawn(async move { Running::start_suite(customer_db, Some(loyalty_db), "").await })
+        .await??;
+    let bearer = Bearer(format!("Bearer {}", suite.key).parse()?);
+    let clients: Arc<Vec<_>> = Arc::new(
+        (0..connections)
+            .map(|_| channel(suite.address).map(|c| LoyaltyServiceClient::with_interceptor(c, bearer.clone())))
+            .collect::<Result<_, _>>()?,
+    );
+    // Members come from the customer service's events; 200 returning
+    // buyers, and 10 of the 20 SKUs in the old-customer zone.
+    let mut customers = suite.clients(1)?.remove(0);
+    let buyers = 200;
+    for b in 0..buyers {
+        customers
+            .record_order(cpb::RecordOrderRequest {
+                order_no: format!("MP-{b}"),
+                buyer_nick: format!("price_{b:04}"),
+                status: cpb::OrderStatus::Paid as i32,
+                items: vec![cpb::OrderItem {
+                    sku: "SKU-00".into(),
+                    category: "童装".into(),
+                    quantity: 1,
+                    unit_price_fen: 50_000 + b * 1_000,
+                    title: String::new(),
+                }],
+                payable_fen: 50_000 + b * 1_000,
+                create_time: Some(ago(120)),
+                pay_time: Some(ago(60)),
+                ..Default::default()
+            })
+            .await?;
+    }
+    let mut seed = clients[0].clone();
+    seed.set_member_prices(pb::SetMemberPricesRequest {
+        prices: (0..10)
+            .map(|i| pb::MemberPrice {
+                sku: format!("SKU-{i:02}"),
+                price_fen: 4_900,
+                returning_customers_only: true,
+                label: "老客价".into(),
+                min_tier_code: String::new(),
+            })
+            .collect(),
+        ..Default::default()
+    })
+    .await?;
+    let last = format!("price_{:04}", buyers - 1);
+    for _ in 0..400 {
+        let known = seed
+            .get_member(pb::GetMemberRequest {
+                buyer_nick: last.clone(),
+                ..Default::default()
+            })
+            .await
+            .is_ok_and(|r| r.get_ref().member.as_ref().is_some_and(|m| m.paid_order_count > 0));
+        if known {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let cart: Vec<pb::CartLine> = (0..20)
+        .map(|i| pb::CartLine {
+            sku: format!("SKU-{i:02}"),
+            quantity: 1 + i % 3,
+            unit_price_fen: 5_900 + i * 100,
+        })
+        .collect();
+    let price = |clients: Arc<Vec<LoyaltyServiceClient<_>>>, cart: Vec<pb::CartLine>| {
+        move |w: usize, i: u64| {
+            let mut c = clients[w % clients.len()].clone();
+            let request = pb::GetMemberPriceRequest {
+                buyer_nick: format!("price_{:04}", (w as u64 * 31 + i) % buyers as u64),
+                lines: cart.clone(),
+                ..Default::default()
+            };
+            async move {
+                c.get_member_price(request)
+                    .await
+                    .is_ok_and(|r| r.get_ref().lines.len() == 20)
+            }
+        }
+    };
+    let (echo, echo_clients) = echo_peak(echo_address, workers, connections, duration).await?;
+    let warm = Duration::from_secs(2);
+    let peak = closed_loop(workers, warm, duration, price(clients.clone(), cart.clone())).await;
+    let half = peak.per_second() / 2.0;
+    let paced_call = price(clients.clone(), cart.clone());
+    let paced = open_loop(half, duration, move |i| paced_call(i as usize % 64, i)).await;
+    let echo_half = echo_paced(echo_clients, half, duration).await;
+    report.line(format!(
+        "### GetMemberPrice, 20-SKU cart, vs bare tonic echo ({}, {workers} callers over {connections} connections, {} s)",
+        backend.name(),
+        duration.as_secs()
+    ));
+    report.row("bare tonic echo (limit)", &echo, None);
+    report.row("GetMemberPrice (20 lines)", &peak, Some(&echo));
+    report.line(format!(
+        "- at half of GetMemberPrice's peak ({half:.0}/s, open loop): p50 {:.2} ms, p99 {:.2} ms, {} failed",
+        paced.quantile_ms(0.5),
+        paced.quantile_ms(0.99),
+        paced.failed
+    ));
+    report.line(format!(
+        "- bare echo at the same rate, same generator (the harness's own floor): p50 {:.2} ms, p99 {:.2} ms",
+        echo_half.quantile_ms(0.5),
+        echo_half.quantile_ms(0.99)
+    ));
+    report.check(
+        "GetMemberPrice ≥ 0.5x echo",
+        peak.per_second() >= 0.5 * echo.per_second(),
+    );
+    report.check(
+        "GetMemberPrice p99 ≤ 5 ms at half load",
+        paced.quantile_ms(0.99) <= 5.0,
+    );
+    Ok(())
+}
