@@ -134,11 +134,13 @@ impl Running {
         loyalty: Option<DatabaseConfig>,
         redis_url: &str,
     ) -> anyhow::Result<Running> {
-        let mut settings = Settings::default();
-        settings.loyalty = loyalty.map(|database| huitou_loyalty::LoyaltyConfig {
-            database,
-            ..Default::default()
-        });
+        let mut settings = Settings {
+            loyalty: loyalty.map(|database| huitou_loyalty::LoyaltyConfig {
+                database,
+                ..Default::default()
+            }),
+            ..Settings::default()
+        };
         settings.auth.internal_token =
             Some(SecretString::from("bench-internal-token-0123456789abcdef"));
         settings.customer.database = database;

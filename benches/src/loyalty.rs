@@ -83,10 +83,7 @@ pub async fn events(
         &applied,
         raw.as_ref(),
     );
-    report.check(
-        "≥ 5,000 events/s applied",
-        applied.per_second() >= 5_000.0,
-    );
+    report.check("≥ 5,000 events/s applied", applied.per_second() >= 5_000.0);
     if let Some(raw) = &raw {
         report.check(
             "events ≥ 0.3x raw inserts",
@@ -115,7 +112,10 @@ pub async fn member_price(
     let bearer = Bearer(format!("Bearer {}", suite.key).parse()?);
     let clients: Arc<Vec<_>> = Arc::new(
         (0..connections)
-            .map(|_| channel(suite.address).map(|c| LoyaltyServiceClient::with_interceptor(c, bearer.clone())))
+            .map(|_| {
+                channel(suite.address)
+                    .map(|c| LoyaltyServiceClient::with_interceptor(c, bearer.clone()))
+            })
             .collect::<Result<_, _>>()?,
     );
     // Members come from the customer service's events; 200 returning
@@ -164,7 +164,12 @@ pub async fn member_price(
                 ..Default::default()
             })
             .await
-            .is_ok_and(|r| r.get_ref().member.as_ref().is_some_and(|m| m.paid_order_count > 0));
+            .is_ok_and(|r| {
+                r.get_ref()
+                    .member
+                    .as_ref()
+                    .is_some_and(|m| m.paid_order_count > 0)
+            });
         if known {
             break;
         }
@@ -194,7 +199,13 @@ pub async fn member_price(
     };
     let (echo, echo_clients) = echo_peak(echo_address, workers, connections, duration).await?;
     let warm = Duration::from_secs(2);
-    let peak = closed_loop(workers, warm, duration, price(clients.clone(), cart.clone())).await;
+    let peak = closed_loop(
+        workers,
+        warm,
+        duration,
+        price(clients.clone(), cart.clone()),
+    )
+    .await;
     let half = peak.per_second() / 2.0;
     let paced_call = price(clients.clone(), cart.clone());
     let paced = open_loop(half, duration, move |i| paced_call(i as usize % 64, i)).await;

@@ -163,8 +163,15 @@ fn main() -> anyhow::Result<()> {
             connections,
         } = what
         {
-            loyalty::member_price(workers, connections, duration, &backend, &handle, &mut report)
-                .await?;
+            loyalty::member_price(
+                workers,
+                connections,
+                duration,
+                &backend,
+                &handle,
+                &mut report,
+            )
+            .await?;
         } else if all {
             loyalty::member_price(64, 4, duration, &backend, &handle, &mut report).await?;
         }

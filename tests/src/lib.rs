@@ -104,6 +104,9 @@ pub fn with_loyalty(settings: &mut Settings, database: &TestDatabase) {
         database: database.config.clone(),
         ..Default::default()
     };
+    if let Some(url) = huitou_testkit::redis_url() {
+        loyalty.cache.redis_url = url;
+    }
     loyalty.outbox.poll_interval_ms = 50;
     loyalty.outbox.retry_base_ms = 50;
     loyalty.outbox.retry_max_ms = 500;

@@ -51,7 +51,7 @@ impl LoyaltyEvents {
                     .await?;
                 if m.buyer_nick.is_empty() {
                     m.buyer_nick = c.buyer_nick.clone();
-                    store.save_member(tx, &m).await?;
+                    store.save_member(tx, &mut m).await?;
                 }
             }
             Some(Payload::CustomerUpdated(c)) => {
@@ -59,7 +59,7 @@ impl LoyaltyEvents {
                 match store.find_member(&**tx, shop, &key, true).await {
                     Ok(mut m) if m.birthday_month != c.birthday_month => {
                         m.birthday_month = c.birthday_month;
-                        store.save_member(tx, &m).await?;
+                        store.save_member(tx, &mut m).await?;
                     }
                     Ok(_) | Err(LoyaltyError::MemberNotFound) => {}
                     Err(e) => return Err(e),
@@ -69,9 +69,10 @@ impl LoyaltyEvents {
                 let key = MemberKey::Id(c.customer_id.clone());
                 match store.find_member(&**tx, shop, &key, true).await {
                     Ok(mut m) => {
+                        store.checkout.forget_nick(shop, &m.buyer_nick).await;
                         m.buyer_nick.clear();
                         m.birthday_month = 0;
-                        store.save_member(tx, &m).await?;
+                        store.save_member(tx, &mut m).await?;
                     }
                     Err(LoyaltyError::MemberNotFound) => {}
                     Err(e) => return Err(e),

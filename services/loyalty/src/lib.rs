@@ -15,6 +15,7 @@ use std::time::Duration;
 use huitou_proto::events::v1::event_consumer_service_server::EventConsumerServiceServer;
 use huitou_proto::loyalty::v1::loyalty_service_server::LoyaltyServiceServer;
 use huitou_runtime::server::GrpcServer;
+use huitou_storage::cache::CacheConfig;
 use huitou_storage::inbox::EventInbox;
 use huitou_storage::outbox::{Outbox, OutboxConfig, Relay};
 use huitou_storage::{Database, DatabaseConfig, now_micros};
@@ -35,6 +36,8 @@ pub const SERVICE: &str = "loyalty";
 pub struct LoyaltyConfig {
     /// Its database.
     pub database: DatabaseConfig,
+    /// The cache for checkout reads.
+    pub cache: CacheConfig,
     /// Who receives its events (tier changes, expiries, exchanges).
     pub outbox: OutboxConfig,
     /// Minutes between runs of the tier, expiry and warning work.
@@ -45,6 +48,7 @@ impl Default for LoyaltyConfig {
     fn default() -> Self {
         Self {
             database: DatabaseConfig::default(),
+            cache: CacheConfig::default(),
             outbox: OutboxConfig::default(),
             review_interval_minutes: 60,
         }
@@ -55,6 +59,7 @@ impl LoyaltyConfig {
     /// Problems with the settings under `section`.
     pub fn problems(&self, section: &str) -> Vec<String> {
         let mut p = self.database.problems(&format!("{section}.database"));
+        p.extend(self.cache.problems(&format!("{section}.cache")));
         p.extend(self.outbox.problems(&format!("{section}.outbox")));
         if !(1..=1440).contains(&self.review_interval_minutes) {
             p.push(format!("{section}.review_interval_minutes: must be 1-1440"));
@@ -91,8 +96,9 @@ impl LoyaltyService {
         if migrate_on_start {
             migrate(&db).await?;
         }
+        let cache = config.cache.open().map_err(|e| StartError(e.to_string()))?;
         Ok(Self {
-            store: Store::new(db, Outbox::new()),
+            store: Store::new(db, Outbox::new(), cache),
             config: config.clone(),
         })
     }

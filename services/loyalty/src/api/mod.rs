@@ -133,32 +133,39 @@ impl LoyaltyService for LoyaltyApi {
             "lines",
             format!("a cart has 1-{MAX_CART_LINES} lines"),
         );
+        // Checkout path: field names are only formatted for a bad line.
         for (i, l) in req.lines.iter().enumerate() {
-            text(&l.sku, &format!("lines[{i}].sku"), 64, &mut v);
-            v.check(
-                (1..=10_000).contains(&l.quantity),
-                format!("lines[{i}].quantity"),
-                "must be 1-10000",
-            );
-            v.check(
-                (0..=100_000_000).contains(&l.unit_price_fen),
-                format!("lines[{i}].unit_price_fen"),
-                "must be 0-100000000 fen",
-            );
+            if l.sku.trim().is_empty() || l.sku.len() > 64 && l.sku.chars().count() > 64 {
+                v.add(format!("lines[{i}].sku"), "must be 1-64 characters");
+            }
+            if !(1..=10_000).contains(&l.quantity) {
+                v.add(format!("lines[{i}].quantity"), "must be 1-10000");
+            }
+            if !(0..=100_000_000).contains(&l.unit_price_fen) {
+                v.add(
+                    format!("lines[{i}].unit_price_fen"),
+                    "must be 0-100000000 fen",
+                );
+            }
         }
         v.finish()?;
         let shop = &caller.shop_id;
         let program = self.store.program(shop).await?;
-        let member = self.find(shop, &key).await?;
-        let mut skus: Vec<String> = req.lines.iter().map(|l| l.sku.clone()).collect();
-        skus.sort();
-        skus.dedup();
-        let zone = self.store.prices_for(shop, &skus).await?;
+        let member = self.store.checkout_standing(shop, &key).await?;
+        let zone = self
+            .store
+            .zone_prices(shop, || req.lines.iter().map(|l| l.sku.clone()).collect())
+            .await?;
+        let no_prices = std::collections::HashMap::new();
+        let zone = match &*zone {
+            crate::store::checkout::Zone::All(map) => map,
+            crate::store::checkout::Zone::TooMany => &no_prices,
+        };
         let tier = program.tier_or_base(&member.tier_code);
         let buyer = Buyer {
             tier,
             per_mille: program.tiers[tier].price_per_mille,
-            returning: member.paid_order_count > 0,
+            returning: member.returning,
         };
         let mut response = pb::GetMemberPriceResponse {
             tier_code: program.tiers[tier].code.clone(),
@@ -166,7 +173,7 @@ impl LoyaltyService for LoyaltyApi {
             ..Default::default()
         };
         for l in &req.lines {
-            let z = zone.iter().find(|p| p.sku == l.sku).map(|p| ZonePrice {
+            let z = zone.get(&l.sku).map(|p| ZonePrice {
                 price_fen: p.price_fen,
                 returning_only: p.returning_only != 0,
                 // A zone price for a tier no longer in the program is
@@ -324,7 +331,7 @@ impl LoyaltyService for LoyaltyApi {
                             .spend(tx, &mut m, pb::EntryKind::Adjusted, -points, reason, &who)
                             .await?
                     };
-                    store.save_member(tx, &m).await?;
+                    store.save_member(tx, &mut m).await?;
                     Ok(pb::AdjustPointsResponse {
                         entry: Some(convert::entry(&entry)),
                         member: None,
@@ -388,7 +395,7 @@ impl LoyaltyService for LoyaltyApi {
                             )
                             .await?;
                     }
-                    store.save_member(tx, &m).await?;
+                    store.save_member(tx, &mut m).await?;
                     Ok(pb::CheckInResponse {
                         points,
                         already_checked_in: false,
@@ -481,7 +488,7 @@ impl LoyaltyService for LoyaltyApi {
                             &who,
                         )
                         .await?;
-                    store.save_member(tx, &m).await?;
+                    store.save_member(tx, &mut m).await?;
                     Ok(pb::RecordReferralResponse { points })
                 })
             })
@@ -682,7 +689,7 @@ impl LoyaltyService for LoyaltyApi {
                 Box::pin(async move {
                     let mut m = store.find_member(&**tx, &shop, &key, true).await?;
                     let x = store.exchange(tx, &mut m, &code, &who).await?;
-                    store.save_member(tx, &m).await?;
+                    store.save_member(tx, &mut m).await?;
                     Ok(pb::ExchangeRewardResponse {
                         exchange_id: x.id,
                         points_spent: -x.entry.points,

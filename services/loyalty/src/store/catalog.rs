@@ -168,6 +168,8 @@ impl Store {
             )
             .await?;
         }
+        let (checkout, shop) = (self.checkout.clone(), shop_id.to_owned());
+        tx.after_commit(Box::pin(async move { checkout.drop_zone(&shop) }));
         let mut removed = 0;
         for sku in remove {
             removed += tx

@@ -43,9 +43,11 @@ pub struct MemberRow {
     pub last_check_in_day: i32,
     /// Lots expiring up to here were already warned about, µs.
     pub expiry_warned_until: i64,
+    /// Last change, µs; the version of cached copies.
+    pub updated_at: i64,
 }
 
-const MEMBER_COLUMNS: &str = "shop_id, customer_id, buyer_nick, birthday_month, tier_code, tier_since, requalify_at, drop_to, drop_at, balance, paid_order_count, last_check_in_day, expiry_warned_until";
+const MEMBER_COLUMNS: &str = "shop_id, customer_id, buyer_nick, birthday_month, tier_code, tier_since, requalify_at, drop_to, drop_at, balance, paid_order_count, last_check_in_day, expiry_warned_until, updated_at";
 
 /// How a request names a member.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,8 +206,11 @@ impl Store {
             .await
     }
 
-    /// Writes the member's mutable columns.
-    pub async fn save_member(&self, tx: &WriteTx, m: &MemberRow) -> Result<(), LoyaltyError> {
+    /// Writes the member's mutable columns; once committed, the checkout
+    /// cache holds the new standing.
+    pub async fn save_member(&self, tx: &WriteTx, m: &mut MemberRow) -> Result<(), LoyaltyError> {
+        // Versions must grow even within one microsecond.
+        m.updated_at = now_micros().max(m.updated_at + 1);
         tx.execute(
             "UPDATE members SET buyer_nick = $3, birthday_month = $4, tier_code = $5, tier_since = $6,
                 requalify_at = $7, drop_to = $8, drop_at = $9, balance = $10, paid_order_count = $11,
@@ -225,10 +230,12 @@ impl Store {
                 m.paid_order_count.into(),
                 m.last_check_in_day.into(),
                 m.expiry_warned_until.into(),
-                now_micros().into(),
+                m.updated_at.into(),
             ],
         )
         .await?;
+        let (cache, row) = (self.checkout.clone(), m.clone());
+        tx.after_commit(Box::pin(async move { cache.remember(&row).await }));
         Ok(())
     }
 

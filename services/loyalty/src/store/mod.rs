@@ -4,6 +4,7 @@
 //! earnings and the nightly run serialise per member.
 
 pub mod catalog;
+pub mod checkout;
 pub mod members;
 pub mod nightly;
 pub mod points;
@@ -42,17 +43,71 @@ pub struct Store {
     pub db: Database,
     /// Wakes the relay after commits.
     pub outbox: Outbox,
+    /// What checkout reads.
+    pub checkout: checkout::CheckoutCache,
     programs: Arc<Mutex<HashMap<String, CachedProgram>>>,
 }
 
 impl Store {
     /// A store over `db`.
-    pub fn new(db: Database, outbox: Outbox) -> Self {
+    pub fn new(db: Database, outbox: Outbox, cache: Arc<dyn huitou_storage::cache::Cache>) -> Self {
         Self {
             db,
             outbox,
+            checkout: checkout::CheckoutCache::new(cache),
             programs: Arc::default(),
         }
+    }
+
+    /// The standing of the member `key` names, from the cache when it has
+    /// it.
+    pub async fn checkout_standing(
+        &self,
+        shop_id: &str,
+        key: &members::MemberKey,
+    ) -> Result<checkout::Standing, LoyaltyError> {
+        if let Some(s) = self.checkout.standing(shop_id, key).await {
+            return Ok(s);
+        }
+        let row = self
+            .find_member(self.db.conn(), shop_id, key, false)
+            .await?;
+        self.checkout.remember(&row).await;
+        Ok(checkout::Standing::from(&row))
+    }
+
+    /// The shop's zone prices for a cart of `skus`: the whole snapshot
+    /// when the shop's list fits in one, else just these SKUs.
+    pub async fn zone_prices(
+        &self,
+        shop_id: &str,
+        skus: impl Fn() -> Vec<String>,
+    ) -> Result<Arc<checkout::Zone>, LoyaltyError> {
+        use checkout::{SNAPSHOT_LIMIT, Zone};
+        let zone = match self.checkout.zone(shop_id) {
+            Some(z) => z,
+            None => {
+                let rows = self.list_prices(shop_id, None, SNAPSHOT_LIMIT + 1).await?;
+                let zone = if rows.len() > SNAPSHOT_LIMIT {
+                    Zone::TooMany
+                } else {
+                    Zone::All(rows.into_iter().map(|p| (p.sku.clone(), p)).collect())
+                };
+                let zone = Arc::new(zone);
+                self.checkout.keep_zone(shop_id, zone.clone());
+                zone
+            }
+        };
+        if let Zone::TooMany = &*zone {
+            let mut skus = skus();
+            skus.sort();
+            skus.dedup();
+            let rows = self.prices_for(shop_id, &skus).await?;
+            return Ok(Arc::new(Zone::All(
+                rows.into_iter().map(|p| (p.sku.clone(), p)).collect(),
+            )));
+        }
+        Ok(zone)
     }
 
     /// Runs `work` in a write transaction once per request id, retrying

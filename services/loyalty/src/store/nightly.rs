@@ -118,7 +118,7 @@ impl Store {
                                 .find_member(&**tx, &shop, &MemberKey::Id(customer), true)
                                 .await?;
                             let d = store.evaluate_tier(tx, &program, &mut m, now).await?;
-                            store.save_member(tx, &m).await?;
+                            store.save_member(tx, &mut m).await?;
                             Ok(d)
                         })
                     })
@@ -179,7 +179,7 @@ impl Store {
                                     &takes,
                                 )
                                 .await?;
-                            store.save_member(tx, &m).await?;
+                            store.save_member(tx, &mut m).await?;
                             outbox::append(
                                 tx,
                                 event(
@@ -250,7 +250,7 @@ impl Store {
                                 return Ok(false);
                             };
                             m.expiry_warned_until = last;
-                            store.save_member(tx, &m).await?;
+                            store.save_member(tx, &mut m).await?;
                             outbox::append(
                                 tx,
                                 event(

@@ -153,7 +153,7 @@ impl Store {
         member.paid_order_count += 1;
         self.evaluate_tier(tx, &program, &mut member, now_micros())
             .await?;
-        self.save_member(tx, &member).await
+        self.save_member(tx, &mut member).await
     }
 
     /// Money was refunded: the order's points are taken back in proportion
@@ -230,7 +230,7 @@ impl Store {
             ],
         )
         .await?;
-        self.save_member(tx, &member).await
+        self.save_member(tx, &mut member).await
     }
 
     /// The buyer reviewed a paid order: the review bonus, once per order.
@@ -275,7 +275,7 @@ impl Store {
             vec![shop_id.into(), order.order_id.clone().into()],
         )
         .await?;
-        self.save_member(tx, &member).await
+        self.save_member(tx, &mut member).await
     }
 
     /// Earns `points` available at once (bonuses, check-ins, adjustments).
