@@ -67,8 +67,11 @@ enum What {
     /// Order events applied to loyalty ledgers against raw inserts.
     LoyaltyEvents {
         /// Concurrent deliveries.
-        #[arg(long, default_value_t = 16)]
+        #[arg(long, default_value_t = 4)]
         workers: usize,
+        /// Events per delivery (the relay's batch).
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
     },
     /// GetMemberPrice (20-SKU cart) against bare tonic echo.
     MemberPrice {
@@ -153,10 +156,10 @@ fn main() -> anyhow::Result<()> {
         } else if all {
             import::run(200_000, &backend, &handle, &mut report).await?;
         }
-        if let What::LoyaltyEvents { workers } = what {
-            loyalty::events(workers, duration, &backend, &mut report).await?;
+        if let What::LoyaltyEvents { workers, batch } = what {
+            loyalty::events(workers, batch, duration, &backend, &mut report).await?;
         } else if all {
-            loyalty::events(16, duration, &backend, &mut report).await?;
+            loyalty::events(4, 100, duration, &backend, &mut report).await?;
         }
         if let What::MemberPrice {
             workers,

@@ -480,3 +480,110 @@ async fn the_review_run_expires_points_warns_and_drops_tiers_after_grace() {
     assert_eq!(ledger.entries.iter().map(|e| e.points).sum::<i64>(), 0);
     suite.stop().await;
 }
+
+#[tokio::test]
+async fn a_redelivered_batch_changes_nothing_and_a_mixed_one_applies_only_the_new() {
+    use huitou_proto::events::v1::event_consumer_service_client::EventConsumerServiceClient;
+    use huitou_proto::events::v1::event_envelope::Payload;
+    use huitou_proto::events::v1::{
+        CustomerCreated, DeliverEventsRequest, EventEnvelope, OrderPaid, OrderSnapshot,
+    };
+    use huitou_runtime::client::{InternalCredential, for_shop};
+    use secrecy::SecretString;
+
+    let suite = TestSuite::start("loyalty-redeliver").await;
+    let shop = suite.shop.shop_id.clone();
+    let mut front = suite.loyalty(&suite.shop.storefront);
+    let mut inbox = EventConsumerServiceClient::with_interceptor(
+        suite.channel(),
+        InternalCredential::new(&SecretString::from(huitou_tests::INTERNAL_TOKEN))
+            .expect("credential"),
+    );
+    let envelope = |payload| EventEnvelope {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        shop_id: shop.clone(),
+        occur_time: Some(ago(10)),
+        source_service: "customer".into(),
+        payload: Some(payload),
+        ..Default::default()
+    };
+    let paid = |order: &str, fen: i64| {
+        Payload::OrderPaid(OrderPaid {
+            order: Some(OrderSnapshot {
+                order_id: format!("id-{order}"),
+                order_no: order.into(),
+                customer_id: "cust-batch".into(),
+                status: "PAID".into(),
+                payable_fen: fen,
+                goods_fen: fen,
+                pay_time: Some(ago(5)),
+                ..Default::default()
+            }),
+        })
+    };
+    let batch = vec![
+        envelope(Payload::CustomerCreated(CustomerCreated {
+            customer_id: "cust-batch".into(),
+            buyer_nick: "tb_batch".into(),
+        })),
+        envelope(paid("B1", 10_000)),
+        envelope(paid("B2", 50_000)),
+    ];
+    let deliver = |events: Vec<EventEnvelope>| {
+        let mut inbox = inbox.clone();
+        let shop = shop.clone();
+        async move {
+            inbox
+                .deliver_events(for_shop(&shop, DeliverEventsRequest { events }).expect("request"))
+                .await
+                .expect("deliver")
+                .into_inner()
+        }
+    };
+    let first = deliver(batch.clone()).await;
+    assert_eq!((first.applied_count, first.duplicate_count), (3, 0));
+    let m = front
+        .get_member(nick("tb_batch"))
+        .await
+        .expect("member")
+        .into_inner()
+        .member
+        .expect("member");
+    // 100 + 500 points (the second order at REGULAR, before its own upgrade).
+    assert_eq!(m.balance_points, 600);
+    assert_eq!(m.tier_code, "SENIOR");
+    assert_eq!(m.paid_order_count, 2);
+
+    let again = deliver(batch.clone()).await;
+    assert_eq!((again.applied_count, again.duplicate_count), (0, 3));
+    let mut mixed = batch.clone();
+    mixed.push(envelope(paid("B3", 1_000)));
+    // The same order paid again under a new event id changes nothing either.
+    mixed.push(envelope(paid("B1", 10_000)));
+    let answer = deliver(mixed).await;
+    assert_eq!((answer.applied_count, answer.duplicate_count), (2, 3));
+    let m = front
+        .get_member(nick("tb_batch"))
+        .await
+        .expect("member")
+        .into_inner()
+        .member
+        .expect("member");
+    assert_eq!(m.balance_points, 600 + 10 * 110 / 100);
+    assert_eq!(m.paid_order_count, 3);
+    let ledger = front
+        .list_ledger_entries(pb::ListLedgerEntriesRequest {
+            buyer_nick: "tb_batch".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("ledger")
+        .into_inner();
+    assert_eq!(ledger.entries.len(), 3);
+    assert_eq!(
+        ledger.entries.iter().map(|e| e.points).sum::<i64>(),
+        m.balance_points
+    );
+    let _ = &mut inbox;
+    suite.stop().await;
+}

@@ -16,6 +16,7 @@ use huitou_runtime::{Failure, telemetry};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use crate::bulk::{self, Col};
 use crate::db::{Database, WriteTx};
 use crate::error::StorageError;
 use crate::now_micros;
@@ -35,7 +36,30 @@ pub trait EventHandler: Send + Sync + 'static {
         tx: &'a WriteTx,
         event: &'a EventEnvelope,
     ) -> BoxFuture<'a, Result<(), Failure>>;
+
+    /// Applies a run of events, none seen before, in order inside `tx`.
+    /// The default applies them one by one; a handler that can do better
+    /// with many at once (bulk statements) overrides it.
+    fn apply_batch<'a>(
+        &'a self,
+        tx: &'a WriteTx,
+        events: &'a [EventEnvelope],
+    ) -> BoxFuture<'a, Result<(), Failure>> {
+        Box::pin(async move {
+            for event in events {
+                self.apply(tx, event).await?;
+            }
+            Ok(())
+        })
+    }
 }
+
+const CONSUMED_COLUMNS: [(&str, Col); 4] = [
+    ("shop_id", Col::Text),
+    ("consumer", Col::Text),
+    ("event_id", Col::Text),
+    ("consumed_at", Col::BigInt),
+];
 
 /// Records `event_id` as consumed in `tx`; false when it already was.
 pub async fn first_delivery(
@@ -64,6 +88,71 @@ impl<H: EventHandler> EventInbox<H> {
     /// An inbox writing to `db`.
     pub fn new(db: Database, handler: Arc<H>) -> Self {
         Self { db, handler }
+    }
+
+    /// Applies a delivery: in one transaction when none of its events was
+    /// applied before (the usual case, and the fast one), otherwise one
+    /// event at a time so the duplicates are skipped. Returns (applied,
+    /// duplicates).
+    pub async fn apply_delivery(&self, events: &[EventEnvelope]) -> Result<(i32, i32), Failure> {
+        if events.len() > 1 && self.apply_all_new(events).await? {
+            return Ok((events.len() as i32, 0));
+        }
+        let (mut applied, mut duplicates) = (0, 0);
+        for event in events {
+            if self.apply_once(event).await? {
+                applied += 1;
+            } else {
+                duplicates += 1;
+            }
+        }
+        Ok((applied, duplicates))
+    }
+
+    /// Applies every event of `events` in one transaction if none was
+    /// applied before; false (and nothing written) otherwise.
+    async fn apply_all_new(&self, events: &[EventEnvelope]) -> Result<bool, Failure> {
+        let span = tracing::info_span!(
+            "events.apply",
+            consumer = self.handler.consumer(),
+            events = events.len(),
+        );
+        // One span for the run, joined to the trace of its first event.
+        if let Some(first) = events.first() {
+            telemetry::adopt_stored_parent(&span, &first.traceparent, &first.tracestate);
+        }
+        async {
+            let tx = self.db.begin().await?;
+            let now = now_micros();
+            let rows: Vec<Vec<sea_orm::Value>> = events
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.shop_id.clone().into(),
+                        self.handler.consumer().into(),
+                        e.event_id.clone().into(),
+                        now.into(),
+                    ]
+                })
+                .collect();
+            let inserted = bulk::insert(
+                &tx,
+                "consumed_events",
+                &CONSUMED_COLUMNS,
+                rows,
+                "ON CONFLICT (shop_id, consumer, event_id) DO NOTHING",
+            )
+            .await?;
+            if inserted as usize != events.len() {
+                // Dropping the transaction rolls the inserts back.
+                return Ok(false);
+            }
+            self.handler.apply_batch(&tx, events).await?;
+            tx.commit().await?;
+            Ok(true)
+        }
+        .instrument(span)
+        .await
     }
 
     /// Applies one event once; true when applied now, false when a duplicate.
@@ -113,22 +202,21 @@ impl<H: EventHandler> EventConsumerService for EventInbox<H> {
                 Failure::invalid_field("events", format!("at most {MAX_BATCH} per call")).into(),
             );
         }
-        let mut response = DeliverEventsResponse::default();
-        for event in &events {
-            if event.event_id.is_empty() || event.shop_id.is_empty() {
-                return Err(Failure::invalid_field(
-                    "events",
-                    "every event needs an event_id and a shop_id",
-                )
-                .into());
-            }
-            if self.apply_once(event).await? {
-                response.applied_count += 1;
-            } else {
-                response.duplicate_count += 1;
-            }
+        if events
+            .iter()
+            .any(|e| e.event_id.is_empty() || e.shop_id.is_empty())
+        {
+            return Err(Failure::invalid_field(
+                "events",
+                "every event needs an event_id and a shop_id",
+            )
+            .into());
         }
-        Ok(Response::new(response))
+        let (applied_count, duplicate_count) = self.apply_delivery(&events).await?;
+        Ok(Response::new(DeliverEventsResponse {
+            applied_count,
+            duplicate_count,
+        }))
     }
 }
 

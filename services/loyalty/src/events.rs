@@ -11,6 +11,7 @@ use huitou_storage::{WriteTx, now_micros};
 
 use crate::error::LoyaltyError;
 use crate::store::Store;
+use crate::store::batch::Arrival;
 use crate::store::members::MemberKey;
 
 /// The event types loyalty subscribes to.
@@ -38,20 +39,13 @@ impl LoyaltyEvents {
     async fn apply_event(&self, tx: &WriteTx, event: &EventEnvelope) -> Result<(), LoyaltyError> {
         let store = &self.store;
         let shop = event.shop_id.as_str();
-        let at = event
-            .occur_time
-            .as_ref()
-            .and_then(micros_from_timestamp)
-            .unwrap_or_else(now_micros);
+        let at = occurred(event);
         match &event.payload {
-            Some(Payload::CustomerCreated(c)) => {
-                let (program, _) = store.load_program(&**tx, shop).await?;
-                let mut m = store
-                    .ensure_member(tx, &program, shop, &c.customer_id, &c.buyer_nick, at)
-                    .await?;
-                if m.buyer_nick.is_empty() {
-                    m.buyer_nick = c.buyer_nick.clone();
-                    store.save_member(tx, &mut m).await?;
+            Some(Payload::CustomerCreated(_))
+            | Some(Payload::OrderPaid(_))
+            | Some(Payload::OrderImported(_)) => {
+                if let Some(arrival) = arrival(event, at) {
+                    store.apply_arrivals(tx, shop, &[arrival]).await?;
                 }
             }
             Some(Payload::CustomerUpdated(c)) => {
@@ -78,22 +72,6 @@ impl LoyaltyEvents {
                     Err(e) => return Err(e),
                 }
             }
-            Some(Payload::OrderPaid(p)) => {
-                if let Some(order) = &p.order {
-                    store
-                        .order_paid(tx, shop, &event.event_id, order, true)
-                        .await?;
-                }
-            }
-            Some(Payload::OrderImported(p)) => {
-                // History counts towards tiers but earns no points: a shop
-                // moving its members' points over adjusts them explicitly.
-                if let Some(order) = p.order.as_ref().filter(|o| o.pay_time.is_some()) {
-                    store
-                        .order_paid(tx, shop, &event.event_id, order, false)
-                        .await?;
-                }
-            }
             Some(Payload::OrderRefunded(p)) => {
                 if let Some(order) = &p.order {
                     store
@@ -114,7 +92,92 @@ impl LoyaltyEvents {
     }
 }
 
+/// The event as a member arrival, when it is one: a new customer, a paid
+/// order, or a historic order imported paid (history counts towards tiers
+/// but earns no points: a shop moving its members' points over adjusts
+/// them explicitly).
+fn arrival(event: &EventEnvelope, at: i64) -> Option<Arrival<'_>> {
+    match &event.payload {
+        Some(Payload::CustomerCreated(c)) => Some(Arrival::Customer {
+            customer_id: &c.customer_id,
+            buyer_nick: &c.buyer_nick,
+            at,
+        }),
+        Some(Payload::OrderPaid(p)) => p.order.as_ref().map(|order| Arrival::Paid {
+            event_id: &event.event_id,
+            order,
+            earn: true,
+        }),
+        Some(Payload::OrderImported(p)) => {
+            p.order
+                .as_ref()
+                .filter(|o| o.pay_time.is_some())
+                .map(|order| Arrival::Paid {
+                    event_id: &event.event_id,
+                    order,
+                    earn: false,
+                })
+        }
+        _ => None,
+    }
+}
+
+fn occurred(event: &EventEnvelope) -> i64 {
+    event
+        .occur_time
+        .as_ref()
+        .and_then(micros_from_timestamp)
+        .unwrap_or_else(now_micros)
+}
+
+impl LoyaltyEvents {
+    /// Applies a run of arrivals, shop by shop, each shop's in order.
+    async fn apply_run(&self, tx: &WriteTx, run: &[&EventEnvelope]) -> Result<(), LoyaltyError> {
+        let mut shops: Vec<&str> = Vec::new();
+        for e in run {
+            if !shops.contains(&e.shop_id.as_str()) {
+                shops.push(&e.shop_id);
+            }
+        }
+        for shop in shops {
+            let arrivals: Vec<Arrival<'_>> = run
+                .iter()
+                .filter(|e| e.shop_id == shop)
+                .filter_map(|e| arrival(e, occurred(e)))
+                .collect();
+            self.store.apply_arrivals(tx, shop, &arrivals).await?;
+        }
+        Ok(())
+    }
+
+    async fn apply_events(
+        &self,
+        tx: &WriteTx,
+        events: &[EventEnvelope],
+    ) -> Result<(), LoyaltyError> {
+        let mut run: Vec<&EventEnvelope> = Vec::new();
+        for e in events {
+            if arrival(e, 0).is_some() {
+                run.push(e);
+                continue;
+            }
+            self.apply_run(tx, &run).await?;
+            run.clear();
+            self.apply_event(tx, e).await?;
+        }
+        self.apply_run(tx, &run).await
+    }
+}
+
 impl EventHandler for LoyaltyEvents {
+    fn apply_batch<'a>(
+        &'a self,
+        tx: &'a WriteTx,
+        events: &'a [EventEnvelope],
+    ) -> BoxFuture<'a, Result<(), Failure>> {
+        Box::pin(async move { self.apply_events(tx, events).await.map_err(Failure::from) })
+    }
+
     fn consumer(&self) -> &'static str {
         "loyalty"
     }

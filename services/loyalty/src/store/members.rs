@@ -4,6 +4,7 @@
 use huitou_proto::events::v1::event_envelope::Payload;
 use huitou_proto::events::v1::{TierChanged, TierWillDrop};
 use huitou_proto::timestamp_from_micros;
+use huitou_storage::bulk::{self, Col};
 use huitou_storage::{WriteTx, now_micros, outbox};
 use sea_orm::{ConnectionTrait, FromQueryResult, Statement, Value};
 
@@ -47,7 +48,8 @@ pub struct MemberRow {
     pub updated_at: i64,
 }
 
-const MEMBER_COLUMNS: &str = "shop_id, customer_id, buyer_nick, birthday_month, tier_code, tier_since, requalify_at, drop_to, drop_at, balance, paid_order_count, last_check_in_day, expiry_warned_until, updated_at";
+/// The member columns, in [`MemberRow`] order.
+pub const MEMBER_COLUMNS: &str = "shop_id, customer_id, buyer_nick, birthday_month, tier_code, tier_since, requalify_at, drop_to, drop_at, balance, paid_order_count, last_check_in_day, expiry_warned_until, updated_at";
 
 /// How a request names a member.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -409,71 +411,19 @@ impl Store {
         let window = self
             .window(&**tx, program, &member.shop_id, &member.customer_id, now)
             .await?;
-        let standing = standing_of(program, member);
-        let decision = tiers::evaluate(program, &standing, window, now);
-        let after = tiers::apply(program, &standing, decision, now);
-        let from = member.tier_code.clone();
-        member.tier_code = program.tiers[after.tier].code.clone();
-        member.tier_since = after.since;
-        member.requalify_at = after.requalify_at;
-        member.drop_to = after.drop.map(|(t, _)| program.tiers[t].code.clone());
-        member.drop_at = after.drop.map(|(_, at)| at);
-        let window_text = format!(
-            "{} 元 and {} orders in {} days",
-            yuan(window.spend_fen),
-            window.order_count,
-            program.qualification_window_days
-        );
-        let (reason, upgrade) = match decision {
-            Decision::Upgrade(_) => (format!("qualified by {window_text}"), true),
-            Decision::Drop(_) => (format!("requalification failed: {window_text}"), false),
-            Decision::WillDrop(to, at) => {
-                outbox::append(
-                    tx,
-                    event(
-                        &member.shop_id,
-                        Payload::TierWillDrop(TierWillDrop {
-                            customer_id: member.customer_id.clone(),
-                            tier_code: from,
-                            drop_to_tier_code: program.tiers[to].code.clone(),
-                            drop_time: Some(timestamp_from_micros(at)),
-                        }),
-                    ),
-                )
-                .await?;
-                return Ok(decision);
-            }
-            Decision::Keep | Decision::Requalified => return Ok(decision),
-        };
-        tx.execute(
-            "INSERT INTO tier_changes (shop_id, id, customer_id, from_code, to_code, reason, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            vec![
-                member.shop_id.clone().into(),
-                new_id().into(),
-                member.customer_id.clone().into(),
-                from.clone().into(),
-                member.tier_code.clone().into(),
-                reason.clone().into(),
-                now.into(),
-            ],
-        )
-        .await?;
-        outbox::append(
-            tx,
-            event(
-                &member.shop_id,
-                Payload::TierChanged(TierChanged {
-                    customer_id: member.customer_id.clone(),
-                    from_tier_code: from,
-                    to_tier_code: member.tier_code.clone(),
-                    upgrade,
-                    reason,
-                }),
-            ),
-        )
-        .await?;
-        Ok(decision)
+        let step = tier_step(program, member, window, now);
+        if let Some(change) = &step.change {
+            bulk::insert(
+                tx,
+                "tier_changes",
+                &TIER_CHANGE_COLUMNS,
+                vec![change.clone()],
+                "",
+            )
+            .await?;
+        }
+        outbox::append_many(tx, step.events).await?;
+        Ok(step.decision)
     }
 
     /// A member's ledger entries, newest first, before `before`.
@@ -526,6 +476,91 @@ impl Store {
             .map(|r| TierChangeRow::from_query_result(r, ""))
             .collect::<Result<_, _>>()?)
     }
+}
+
+/// Columns of `tier_changes`, for bulk inserts.
+pub const TIER_CHANGE_COLUMNS: [(&str, Col); 7] = [
+    ("shop_id", Col::Text),
+    ("id", Col::Text),
+    ("customer_id", Col::Text),
+    ("from_code", Col::Text),
+    ("to_code", Col::Text),
+    ("reason", Col::Text),
+    ("created_at", Col::BigInt),
+];
+
+/// What one tier evaluation decided and must write.
+pub struct TierStep {
+    /// The decision.
+    pub decision: Decision,
+    /// A `tier_changes` row, when the tier moved.
+    pub change: Option<Vec<Value>>,
+    /// Events to send (tier changed, tier will drop).
+    pub events: Vec<huitou_proto::events::v1::EventEnvelope>,
+}
+
+/// Evaluates `member` against `window` at `now`, updating the row in
+/// memory; the rows and events to write come back.
+pub fn tier_step(program: &Program, member: &mut MemberRow, window: Window, now: i64) -> TierStep {
+    let standing = standing_of(program, member);
+    let decision = tiers::evaluate(program, &standing, window, now);
+    let after = tiers::apply(program, &standing, decision, now);
+    let from = member.tier_code.clone();
+    member.tier_code = program.tiers[after.tier].code.clone();
+    member.tier_since = after.since;
+    member.requalify_at = after.requalify_at;
+    member.drop_to = after.drop.map(|(t, _)| program.tiers[t].code.clone());
+    member.drop_at = after.drop.map(|(_, at)| at);
+    let mut step = TierStep {
+        decision,
+        change: None,
+        events: Vec::new(),
+    };
+    let window_text = || {
+        format!(
+            "{} 元 and {} orders in {} days",
+            yuan(window.spend_fen),
+            window.order_count,
+            program.qualification_window_days
+        )
+    };
+    let (reason, upgrade) = match decision {
+        Decision::Upgrade(_) => (format!("qualified by {}", window_text()), true),
+        Decision::Drop(_) => (format!("requalification failed: {}", window_text()), false),
+        Decision::WillDrop(to, at) => {
+            step.events.push(event(
+                &member.shop_id,
+                Payload::TierWillDrop(TierWillDrop {
+                    customer_id: member.customer_id.clone(),
+                    tier_code: from,
+                    drop_to_tier_code: program.tiers[to].code.clone(),
+                    drop_time: Some(timestamp_from_micros(at)),
+                }),
+            ));
+            return step;
+        }
+        Decision::Keep | Decision::Requalified => return step,
+    };
+    step.change = Some(vec![
+        member.shop_id.clone().into(),
+        new_id().into(),
+        member.customer_id.clone().into(),
+        from.clone().into(),
+        member.tier_code.clone().into(),
+        reason.clone().into(),
+        now.into(),
+    ]);
+    step.events.push(event(
+        &member.shop_id,
+        Payload::TierChanged(TierChanged {
+            customer_id: member.customer_id.clone(),
+            from_tier_code: from,
+            to_tier_code: member.tier_code.clone(),
+            upgrade,
+            reason,
+        }),
+    ));
+    step
 }
 
 /// The member's standing in `program` terms.

@@ -3,6 +3,7 @@
 //! points or tier locks the member row first, so concurrent spends,
 //! earnings and the nightly run serialise per member.
 
+pub mod batch;
 pub mod catalog;
 pub mod checkout;
 pub mod members;

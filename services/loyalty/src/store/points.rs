@@ -5,7 +5,6 @@
 use chrono::{Datelike, TimeZone};
 use huitou_proto::events::v1::OrderSnapshot;
 use huitou_proto::loyalty::v1::EntryKind;
-use huitou_proto::micros_from_timestamp;
 use huitou_storage::{WriteTx, now_micros};
 use sea_orm::{ConnectionTrait, FromQueryResult};
 
@@ -74,86 +73,12 @@ impl Store {
         order: &OrderSnapshot,
         earn: bool,
     ) -> Result<(), LoyaltyError> {
-        let (program, _) = self.load_program(&**tx, shop_id).await?;
-        let paid_at = order
-            .pay_time
-            .as_ref()
-            .and_then(micros_from_timestamp)
-            .unwrap_or_else(now_micros);
-        let mut member = self
-            .ensure_member(tx, &program, shop_id, &order.customer_id, "", paid_at)
-            .await?;
-        if self
-            .member_order(tx, shop_id, &order.order_id)
-            .await?
-            .is_some()
-        {
-            return Ok(());
-        }
-        let paid_fen = (order.payable_fen - order.refunded_fen).max(0);
-        let mut earned = 0;
-        let mut lot_id = None;
-        if earn {
-            let tier = &program.tiers[program.tier_or_base(&member.tier_code)];
-            let birthday = member.birthday_month > 0
-                && local_day(&program, paid_at).1 == member.birthday_month as u32;
-            earned = ledger::order_points(&program, tier, paid_fen, birthday);
-            if earned > 0 {
-                let available_at = paid_at + days(program.return_window_days);
-                let expire_at = (program.points_lifetime_days > 0)
-                    .then(|| available_at + days(program.points_lifetime_days));
-                let mut reason = format!(
-                    "order {} paid {} 元 at {} x{}.{:02}",
-                    order.order_no,
-                    yuan(paid_fen),
-                    tier.code,
-                    tier.points_multiplier_percent / 100,
-                    tier.points_multiplier_percent % 100
-                );
-                if birthday {
-                    reason.push_str(" (birthday month)");
-                }
-                let entry = self
-                    .append_entry(
-                        tx,
-                        &mut member,
-                        NewEntry {
-                            kind: EntryKind::OrderEarned as i32,
-                            points: earned,
-                            reason,
-                            source_event_id: event_id.into(),
-                            order_no: order.order_no.clone(),
-                            actor: EVENT_ACTOR.into(),
-                            available_at: Some(available_at),
-                            expire_at,
-                        },
-                        &[],
-                    )
-                    .await?;
-                lot_id = Some(entry.id);
-            }
-        }
-        tx.execute(
-            "INSERT INTO member_orders (shop_id, order_id, customer_id, order_no, paid_fen, refunded_fen,
-                paid_at, earned_points, lot_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            vec![
-                shop_id.into(),
-                order.order_id.clone().into(),
-                order.customer_id.clone().into(),
-                order.order_no.clone().into(),
-                order.payable_fen.into(),
-                order.refunded_fen.into(),
-                paid_at.into(),
-                earned.into(),
-                lot_id.into(),
-            ],
-        )
-        .await?;
-        member.paid_order_count += 1;
-        self.evaluate_tier(tx, &program, &mut member, now_micros())
-            .await?;
-        self.save_member(tx, &mut member).await
+        let arrival = super::batch::Arrival::Paid {
+            event_id,
+            order,
+            earn,
+        };
+        self.apply_arrivals(tx, shop_id, &[arrival]).await
     }
 
     /// Money was refunded: the order's points are taken back in proportion
