@@ -82,6 +82,12 @@ enum What {
         #[arg(long, default_value_t = 4)]
         connections: usize,
     },
+    /// The loyalty review run (tiers, expiry, warnings) over many members.
+    LoyaltyReview {
+        /// Members, all due.
+        #[arg(long, default_value_t = 1_000_000)]
+        members: u64,
+    },
     /// `huitou up` start-up and idle memory.
     Startup {
         /// The huitou binary (default: next to this one).
@@ -177,6 +183,11 @@ fn main() -> anyhow::Result<()> {
             .await?;
         } else if all {
             loyalty::member_price(64, 4, duration, &backend, &handle, &mut report).await?;
+        }
+        if let What::LoyaltyReview { members } = what {
+            loyalty::review(members, &backend, &mut report).await?;
+        } else if all {
+            loyalty::review(1_000_000, &backend, &mut report).await?;
         }
         let binary = match &what {
             What::Startup { binary } => Some(binary.clone()),

@@ -44,7 +44,8 @@ async fn member_when(
     who: &str,
     done: impl Fn(&pb::Member) -> bool,
 ) -> pb::Member {
-    for _ in 0..200 {
+    // Generous: a busy database (CI runs both backends) can delay the relay.
+    for _ in 0..600 {
         if let Ok(r) = client.get_member(nick(who)).await
             && let Some(m) = r.into_inner().member
             && done(&m)

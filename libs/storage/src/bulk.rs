@@ -70,34 +70,7 @@ pub async fn insert(
     }
     let names: Vec<&str> = columns.iter().map(|(n, _)| *n).collect();
     if tx.backend() == sea_orm::DbBackend::Postgres {
-        let mut arrays: Vec<Vec<Value>> = columns
-            .iter()
-            .map(|_| Vec::with_capacity(rows.len()))
-            .collect();
-        for row in rows {
-            if row.len() != columns.len() {
-                return Err(StorageError::Other(format!(
-                    "{table}: row has {} values for {} columns",
-                    row.len(),
-                    columns.len()
-                )));
-            }
-            for (i, value) in row.into_iter().enumerate() {
-                arrays[i].push(non_null(value, columns[i].1)?);
-            }
-        }
-        let unnest: Vec<String> = columns
-            .iter()
-            .enumerate()
-            .map(|(i, (_, c))| format!("${}::{}", i + 1, c.pg_array()))
-            .collect();
-        let select: Vec<String> = columns
-            .iter()
-            .map(|(n, c)| match c {
-                Col::Bool => format!("u.{n}"),
-                _ => format!("NULLIF(u.{n}, {})", c.null_sentinel()),
-            })
-            .collect();
+        let (unnest, select, values) = pg_arrays(table, columns, rows)?;
         let sql = format!(
             "INSERT INTO {table} ({}) SELECT {} FROM unnest({}) AS u({}) {suffix}",
             names.join(", "),
@@ -105,11 +78,6 @@ pub async fn insert(
             unnest.join(", "),
             names.join(", ")
         );
-        let values: Vec<Value> = columns
-            .iter()
-            .zip(arrays)
-            .map(|((_, c), items)| Value::Array(array_type(*c), Some(Box::new(items))))
-            .collect();
         return tx.execute(&sql, values).await;
     }
     let per_statement = (SQLITE_MAX_VARIABLES / columns.len()).max(1);
@@ -134,6 +102,106 @@ pub async fn insert(
         affected += tx.execute(&sql, values).await?;
     }
     Ok(affected)
+}
+
+/// Unnest parameters, select list, array values.
+type PgArrays = (Vec<String>, Vec<String>, Vec<Value>);
+
+/// The unnest parameters, the select list that turns sentinels back into
+/// NULL, and the arrays, for `rows` of `columns`.
+fn pg_arrays(
+    table: &str,
+    columns: &[(&str, Col)],
+    rows: Vec<Vec<Value>>,
+) -> Result<PgArrays, StorageError> {
+    let mut arrays: Vec<Vec<Value>> = columns
+        .iter()
+        .map(|_| Vec::with_capacity(rows.len()))
+        .collect();
+    for row in rows {
+        if row.len() != columns.len() {
+            return Err(StorageError::Other(format!(
+                "{table}: row has {} values for {} columns",
+                row.len(),
+                columns.len()
+            )));
+        }
+        for (i, value) in row.into_iter().enumerate() {
+            arrays[i].push(non_null(value, columns[i].1)?);
+        }
+    }
+    let unnest: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, (_, c))| format!("${}::{}", i + 1, c.pg_array()))
+        .collect();
+    let select: Vec<String> = columns
+        .iter()
+        .map(|(n, c)| match c {
+            Col::Bool => format!("u.{n}"),
+            _ => format!("NULLIF(u.{n}, {})", c.null_sentinel()),
+        })
+        .collect();
+    let values: Vec<Value> = columns
+        .iter()
+        .zip(arrays)
+        .map(|((_, c), items)| Value::Array(array_type(*c), Some(Box::new(items))))
+        .collect();
+    Ok((unnest, select, values))
+}
+
+/// Updates existing rows of `table`: the first `keys` of `columns` name the
+/// row, the rest are set. On PostgreSQL one `UPDATE … FROM unnest(…)`
+/// (cheaper than an upsert: no speculative insertion); on SQLite an upsert
+/// of rows that all exist. Rows affected.
+pub async fn update(
+    tx: &WriteTx,
+    table: &str,
+    columns: &[(&str, Col)],
+    keys: usize,
+    rows: Vec<Vec<Value>>,
+) -> Result<u64, StorageError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let names: Vec<&str> = columns.iter().map(|(n, _)| *n).collect();
+    if tx.backend() == sea_orm::DbBackend::Postgres {
+        let (unnest, select, values) = pg_arrays(table, columns, rows)?;
+        let set: Vec<String> = names
+            .iter()
+            .zip(&select)
+            .skip(keys)
+            .map(|(n, v)| format!("{n} = {v}"))
+            .collect();
+        let matching: Vec<String> = names[..keys]
+            .iter()
+            .map(|n| format!("t.{n} = u.{n}"))
+            .collect();
+        let sql = format!(
+            "UPDATE {table} AS t SET {} FROM unnest({}) AS u({}) WHERE {}",
+            set.join(", "),
+            unnest.join(", "),
+            names.join(", "),
+            matching.join(" AND ")
+        );
+        return tx.execute(&sql, values).await;
+    }
+    let set: Vec<String> = names[keys..]
+        .iter()
+        .map(|n| format!("{n} = excluded.{n}"))
+        .collect();
+    insert(
+        tx,
+        table,
+        columns,
+        rows,
+        &format!(
+            "ON CONFLICT ({}) DO UPDATE SET {}",
+            names[..keys].join(", "),
+            set.join(", ")
+        ),
+    )
+    .await
 }
 
 fn array_type(c: Col) -> ArrayType {

@@ -18,6 +18,7 @@ use huitou_storage::bulk::{self, Col};
 use huitou_storage::{WriteTx, now_micros, outbox};
 use sea_orm::{FromQueryResult, Value};
 
+use super::checkout::Standing as CheckoutStanding;
 use super::members::{MEMBER_COLUMNS, MemberRow, TIER_CHANGE_COLUMNS, tier_step, yuan};
 use super::points::{EVENT_ACTOR, local_day};
 use super::{Store, new_id};
@@ -61,7 +62,7 @@ const NEW_MEMBER_COLUMNS: [(&str, Col); 8] = [
     ("updated_at", Col::BigInt),
 ];
 
-const MEMBER_UPDATE_COLUMNS: [(&str, Col); 15] = [
+const MEMBER_UPDATE_COLUMNS: [(&str, Col); 14] = [
     ("shop_id", Col::Text),
     ("customer_id", Col::Text),
     ("buyer_nick", Col::Text),
@@ -75,11 +76,10 @@ const MEMBER_UPDATE_COLUMNS: [(&str, Col); 15] = [
     ("paid_order_count", Col::BigInt),
     ("last_check_in_day", Col::Int),
     ("expiry_warned_until", Col::BigInt),
-    ("created_at", Col::BigInt),
     ("updated_at", Col::BigInt),
 ];
 
-const ENTRY_COLUMNS: [(&str, Col); 13] = [
+pub(crate) const ENTRY_COLUMNS: [(&str, Col); 13] = [
     ("shop_id", Col::Text),
     ("id", Col::Text),
     ("customer_id", Col::Text),
@@ -171,6 +171,14 @@ fn earning(
     })
 }
 
+/// The checkout standings of locked members, to tell later which changed.
+pub fn standings(members: &HashMap<String, MemberRow>) -> HashMap<String, CheckoutStanding> {
+    members
+        .iter()
+        .map(|(id, m)| (id.clone(), CheckoutStanding::from(m)))
+        .collect()
+}
+
 fn paid_at(order: &OrderSnapshot) -> i64 {
     order
         .pay_time
@@ -180,8 +188,82 @@ fn paid_at(order: &OrderSnapshot) -> i64 {
 }
 
 impl Store {
+    /// Writes many locked members at once (their mutable columns, with
+    /// fresh versions). Once committed, the checkout cache holds those
+    /// whose standing changed from `before`; the others' cached standings
+    /// are still right (a cache write per member would cost more than the
+    /// update itself in a review run over every member).
+    pub async fn save_members(
+        &self,
+        tx: &WriteTx,
+        members: Vec<MemberRow>,
+        before: &HashMap<String, CheckoutStanding>,
+        now: i64,
+    ) -> Result<(), LoyaltyError> {
+        if members.is_empty() {
+            return Ok(());
+        }
+        let mut saved = Vec::new();
+        let mut rows = Vec::with_capacity(members.len());
+        for mut m in members {
+            m.updated_at = now.max(m.updated_at + 1);
+            rows.push(vec![
+                m.shop_id.clone().into(),
+                m.customer_id.clone().into(),
+                m.buyer_nick.clone().into(),
+                m.birthday_month.into(),
+                m.tier_code.clone().into(),
+                m.tier_since.into(),
+                m.requalify_at.into(),
+                m.drop_to.clone().into(),
+                m.drop_at.into(),
+                m.balance.into(),
+                m.paid_order_count.into(),
+                m.last_check_in_day.into(),
+                m.expiry_warned_until.into(),
+                m.updated_at.into(),
+            ]);
+            if before.get(&m.customer_id) != Some(&CheckoutStanding::from(&m)) {
+                saved.push(m);
+            }
+        }
+        bulk::update(tx, "members", &MEMBER_UPDATE_COLUMNS, 2, rows).await?;
+        let checkout = self.checkout.clone();
+        tx.after_commit(Box::pin(async move {
+            for m in &saved {
+                checkout.remember(m).await;
+            }
+        }));
+        Ok(())
+    }
+
+    /// Locks and reads the members `customers` (sorted) of a shop.
+    pub async fn lock_members(
+        &self,
+        tx: &WriteTx,
+        shop_id: &str,
+        customers: &[String],
+    ) -> Result<HashMap<String, MemberRow>, LoyaltyError> {
+        let mut members = HashMap::new();
+        for r in bulk::rows_with_keys(
+            tx,
+            MEMBER_COLUMNS,
+            "members",
+            "customer_id",
+            shop_id,
+            customers,
+            true,
+        )
+        .await?
+        {
+            let m = MemberRow::from_query_result(&r, "")?;
+            members.insert(m.customer_id.clone(), m);
+        }
+        Ok(members)
+    }
+
     /// The qualification windows of `customers` ending at `now`.
-    async fn windows(
+    pub async fn windows(
         &self,
         tx: &WriteTx,
         program: &Program,
@@ -307,21 +389,8 @@ impl Store {
             "ON CONFLICT (shop_id, customer_id) DO NOTHING",
         )
         .await?;
-        let mut members: HashMap<String, MemberRow> = HashMap::new();
-        for r in bulk::rows_with_keys(
-            tx,
-            MEMBER_COLUMNS,
-            "members",
-            "customer_id",
-            shop_id,
-            &customers,
-            true,
-        )
-        .await?
-        {
-            let m = MemberRow::from_query_result(&r, "")?;
-            members.insert(m.customer_id.clone(), m);
-        }
+        let mut members = self.lock_members(tx, shop_id, &customers).await?;
+        let before = standings(&members);
 
         // Orders already applied (a redelivery, or paid and imported both).
         let order_ids: Vec<String> = arrivals
@@ -459,56 +528,8 @@ impl Store {
         bulk::insert(tx, "member_orders", &ORDER_COLUMNS, orders, "").await?;
         bulk::insert(tx, "tier_changes", &TIER_CHANGE_COLUMNS, changes, "").await?;
         outbox::append_many(tx, events).await?;
-        let mut saved = Vec::new();
-        let mut rows = Vec::new();
-        for id in &touched {
-            let Some(m) = members.remove(id) else {
-                continue;
-            };
-            let mut m = m;
-            m.updated_at = now.max(m.updated_at + 1);
-            rows.push(vec![
-                m.shop_id.clone().into(),
-                m.customer_id.clone().into(),
-                m.buyer_nick.clone().into(),
-                m.birthday_month.into(),
-                m.tier_code.clone().into(),
-                m.tier_since.into(),
-                m.requalify_at.into(),
-                m.drop_to.clone().into(),
-                m.drop_at.into(),
-                m.balance.into(),
-                m.paid_order_count.into(),
-                m.last_check_in_day.into(),
-                m.expiry_warned_until.into(),
-                now.into(),
-                m.updated_at.into(),
-            ]);
-            saved.push(m);
-        }
-        let updates: Vec<String> = MEMBER_UPDATE_COLUMNS
-            .iter()
-            .skip(2)
-            .filter(|(c, _)| *c != "created_at")
-            .map(|(c, _)| format!("{c} = excluded.{c}"))
-            .collect();
-        bulk::insert(
-            tx,
-            "members",
-            &MEMBER_UPDATE_COLUMNS,
-            rows,
-            &format!(
-                "ON CONFLICT (shop_id, customer_id) DO UPDATE SET {}",
-                updates.join(", ")
-            ),
-        )
-        .await?;
-        let checkout = self.checkout.clone();
-        tx.after_commit(Box::pin(async move {
-            for m in &saved {
-                checkout.remember(m).await;
-            }
-        }));
+        let saved: Vec<MemberRow> = touched.iter().filter_map(|id| members.remove(id)).collect();
+        self.save_members(tx, saved, &before, now).await?;
         Ok(())
     }
 }

@@ -1,9 +1,13 @@
-//! The periodic run: requalify tiers that are due (announcing and making
-//! drops as the downgrade policy says), expire points past their date, and
-//! warn about points that will expire. It visits only due rows through
-//! their indexes, and handles each member in its own transaction with the
-//! member row locked, so it is safe to run on several replicas at once or
-//! twice in a row: a second visit finds nothing due.
+//! The periodic review run: requalify tiers that are due (announcing and
+//! making drops as the downgrade policy says), expire points past their
+//! date, and warn about points that will expire.
+//!
+//! It visits only due rows, through their indexes, a batch of members at a
+//! time: each batch is one transaction that locks its members (in key
+//! order), re-reads them, and writes with one bulk statement per table. A
+//! member no longer due when locked is left alone, so the run is safe on
+//! several replicas at once or twice in a row: a second visit finds
+//! nothing due.
 
 use std::collections::HashMap;
 
@@ -11,13 +15,13 @@ use huitou_proto::events::v1::event_envelope::Payload;
 use huitou_proto::events::v1::{PointsExpired, PointsExpiring};
 use huitou_proto::loyalty::v1::EntryKind;
 use huitou_proto::timestamp_from_micros;
-use huitou_storage::outbox;
+use huitou_storage::{WriteTx, bulk, outbox};
 use sea_orm::{FromQueryResult, Value};
 
-use super::members::{MemberKey, NewEntry};
-use super::{Store, event};
+use super::batch::{ENTRY_COLUMNS, standings};
+use super::members::{TIER_CHANGE_COLUMNS, tier_step};
+use super::{Store, event, new_id};
 use crate::domain::days;
-use crate::domain::ledger;
 use crate::domain::program::Program;
 use crate::domain::tiers::Decision;
 use crate::error::LoyaltyError;
@@ -25,8 +29,8 @@ use crate::error::LoyaltyError;
 /// Who writes the run's entries.
 pub const NIGHTLY_ACTOR: &str = "nightly";
 
-/// Members fetched per step.
-const BATCH: usize = 500;
+/// Members per batch.
+const BATCH: usize = 5_000;
 
 /// The longest warning period a program may set, in days.
 const MAX_WARNING_DAYS: i32 = 90;
@@ -48,28 +52,56 @@ pub struct NightlyReport {
     pub expiry_warnings: u64,
 }
 
+impl NightlyReport {
+    fn add(&mut self, o: NightlyReport) {
+        self.members_requalified += o.members_requalified;
+        self.tiers_dropped += o.tiers_dropped;
+        self.drops_announced += o.drops_announced;
+        self.members_expired += o.members_expired;
+        self.points_expired += o.points_expired;
+        self.expiry_warnings += o.expiry_warnings;
+    }
+}
+
 #[derive(FromQueryResult)]
 struct Due {
     shop_id: String,
     customer_id: String,
 }
 
+#[derive(FromQueryResult)]
+struct DueLot {
+    customer_id: String,
+    id: String,
+    remaining: i64,
+    expire_at: i64,
+}
+
 impl Store {
+    /// The next `BATCH` members after `after` with anything due at `now`:
+    /// a requalification or drop, points past their date, or points to warn
+    /// about. Walks the primary key, so a whole run reads each member once.
     async fn due(
         &self,
-        sql: &str,
         now: i64,
         after: &Option<(String, String)>,
     ) -> Result<Vec<Due>, LoyaltyError> {
-        let mut values: Vec<Value> = vec![now.into()];
-        let mut text = sql.to_owned();
+        let mut values: Vec<Value> = vec![now.into(), (now + days(MAX_WARNING_DAYS)).into()];
+        let mut sql = String::from(
+            "SELECT m.shop_id AS shop_id, m.customer_id AS customer_id FROM members m
+             WHERE (m.requalify_at <= $1 OR m.drop_at <= $1 OR EXISTS (
+                SELECT 1 FROM point_lots l
+                WHERE l.shop_id = m.shop_id AND l.customer_id = m.customer_id AND l.remaining > 0
+                  AND l.expire_at <= $2 AND (l.expire_at <= $1 OR l.expire_at > m.expiry_warned_until)))",
+        );
         if let Some((shop, customer)) = after {
             values.push(shop.clone().into());
             values.push(customer.clone().into());
-            text.push_str(" AND (shop_id > $2 OR (shop_id = $2 AND customer_id > $3))");
+            // A row comparison, so the primary key index serves it.
+            sql.push_str(" AND (m.shop_id, m.customer_id) > ($3, $4)");
         }
-        text.push_str(&format!(" ORDER BY shop_id, customer_id LIMIT {BATCH}"));
-        let rows = self.read(&text, values).await?;
+        sql.push_str(&format!(" ORDER BY m.shop_id, m.customer_id LIMIT {BATCH}"));
+        let rows = self.read(&sql, values).await?;
         Ok(rows
             .iter()
             .map(|r| Due::from_query_result(r, ""))
@@ -93,183 +125,32 @@ impl Store {
     pub async fn nightly(&self, now: i64) -> Result<NightlyReport, LoyaltyError> {
         let mut report = NightlyReport::default();
         let mut programs: HashMap<String, Program> = HashMap::new();
-
-        // Tiers due for requalification or a drop.
         let mut after = None;
         loop {
-            let batch = self.due(
-            "SELECT shop_id, customer_id FROM members WHERE (requalify_at <= $1 OR drop_at <= $1)",
-            now,
-            &after,
-        )
-        .await?;
-            for Due {
-                shop_id: shop,
-                customer_id: customer,
-            } in &batch
-            {
-                let program = self.program_in_run(&mut programs, shop).await?;
-                let decision = self
+            let batch = self.due(now, &after).await?;
+            let mut start = 0;
+            while start < batch.len() {
+                let shop = batch[start].shop_id.clone();
+                let end = batch[start..]
+                    .iter()
+                    .position(|d| d.shop_id != shop)
+                    .map_or(batch.len(), |n| start + n);
+                let customers: Vec<String> = batch[start..end]
+                    .iter()
+                    .map(|d| d.customer_id.clone())
+                    .collect();
+                start = end;
+                let program = self.program_in_run(&mut programs, &shop).await?;
+                let done = self
                     .transaction(|tx, store| {
-                        let (program, shop, customer) =
-                            (program.clone(), shop.clone(), customer.clone());
-                        Box::pin(async move {
-                            let mut m = store
-                                .find_member(&**tx, &shop, &MemberKey::Id(customer), true)
-                                .await?;
-                            let d = store.evaluate_tier(tx, &program, &mut m, now).await?;
-                            store.save_member(tx, &mut m).await?;
-                            Ok(d)
-                        })
+                        let (program, shop, customers) =
+                            (program.clone(), shop.clone(), customers.clone());
+                        Box::pin(
+                            async move { store.review(tx, &program, &shop, &customers, now).await },
+                        )
                     })
                     .await?;
-                report.members_requalified += 1;
-                match decision {
-                    Decision::Drop(_) => report.tiers_dropped += 1,
-                    Decision::WillDrop(..) => report.drops_announced += 1,
-                    _ => {}
-                }
-            }
-            after = match batch.last() {
-                Some(d) if batch.len() == BATCH => Some((d.shop_id.clone(), d.customer_id.clone())),
-                _ => break,
-            };
-        }
-
-        // Points past their date.
-        let mut after = None;
-        loop {
-            let batch = self.due(
-            "SELECT DISTINCT shop_id, customer_id FROM point_lots WHERE expire_at <= $1 AND remaining > 0",
-            now,
-            &after,
-        )
-        .await?;
-            for Due {
-                shop_id: shop,
-                customer_id: customer,
-            } in &batch
-            {
-                let expired = self
-                    .transaction(|tx, store| {
-                        let (shop, customer) = (shop.clone(), customer.clone());
-                        Box::pin(async move {
-                            let mut m = store
-                                .find_member(&**tx, &shop, &MemberKey::Id(customer.clone()), true)
-                                .await?;
-                            let lots = store.lots(&**tx, &shop, &customer).await?;
-                            let takes = ledger::expired(&lots, now);
-                            let points: i64 = takes.iter().map(|t| t.points).sum();
-                            if points == 0 {
-                                return Ok(0);
-                            }
-                            store
-                                .append_entry(
-                                    tx,
-                                    &mut m,
-                                    NewEntry {
-                                        kind: EntryKind::Expired as i32,
-                                        points: -points,
-                                        reason: format!(
-                                            "{points} points reached their expiry date"
-                                        ),
-                                        actor: NIGHTLY_ACTOR.into(),
-                                        ..NewEntry::default()
-                                    },
-                                    &takes,
-                                )
-                                .await?;
-                            store.save_member(tx, &mut m).await?;
-                            outbox::append(
-                                tx,
-                                event(
-                                    &shop,
-                                    Payload::PointsExpired(PointsExpired {
-                                        customer_id: customer,
-                                        points,
-                                        balance_points: m.balance,
-                                    }),
-                                ),
-                            )
-                            .await?;
-                            Ok(points)
-                        })
-                    })
-                    .await?;
-                if expired > 0 {
-                    report.members_expired += 1;
-                    report.points_expired += expired;
-                }
-            }
-            after = match batch.last() {
-                Some(d) if batch.len() == BATCH => Some((d.shop_id.clone(), d.customer_id.clone())),
-                _ => break,
-            };
-        }
-
-        // Warnings for points expiring soon that nobody was warned about.
-        let warn_sql = format!(
-            "SELECT shop_id, customer_id FROM (
-                SELECT DISTINCT l.shop_id AS shop_id, l.customer_id AS customer_id
-                FROM point_lots l JOIN members m ON m.shop_id = l.shop_id AND m.customer_id = l.customer_id
-                WHERE l.remaining > 0 AND l.expire_at > $1 AND l.expire_at <= $1 + {}
-                  AND l.expire_at > m.expiry_warned_until) AS w WHERE 1 = 1",
-            days(MAX_WARNING_DAYS)
-        );
-        let mut after = None;
-        loop {
-            let batch = self.due(&warn_sql, now, &after).await?;
-            for Due {
-                shop_id: shop,
-                customer_id: customer,
-            } in &batch
-            {
-                let program = self.program_in_run(&mut programs, shop).await?;
-                let horizon = now + days(program.expiry_warning_days);
-                let sent = self
-                    .transaction(|tx, store| {
-                        let (shop, customer) = (shop.clone(), customer.clone());
-                        Box::pin(async move {
-                            let mut m = store
-                                .find_member(&**tx, &shop, &MemberKey::Id(customer.clone()), true)
-                                .await?;
-                            let lots = store.lots(&**tx, &shop, &customer).await?;
-                            let soon: Vec<_> = lots
-                                .iter()
-                                .filter(|l| {
-                                    l.expire_at.is_some_and(|e| {
-                                        e > now && e <= horizon && e > m.expiry_warned_until
-                                    })
-                                })
-                                .collect();
-                            let points: i64 = soon.iter().map(|l| l.remaining).sum();
-                            let (Some(first), Some(last)) = (
-                                soon.iter().filter_map(|l| l.expire_at).min(),
-                                soon.iter().filter_map(|l| l.expire_at).max(),
-                            ) else {
-                                return Ok(false);
-                            };
-                            m.expiry_warned_until = last;
-                            store.save_member(tx, &mut m).await?;
-                            outbox::append(
-                                tx,
-                                event(
-                                    &shop,
-                                    Payload::PointsExpiring(PointsExpiring {
-                                        customer_id: customer,
-                                        points,
-                                        expire_time: Some(timestamp_from_micros(first)),
-                                    }),
-                                ),
-                            )
-                            .await?;
-                            Ok(true)
-                        })
-                    })
-                    .await?;
-                if sent {
-                    report.expiry_warnings += 1;
-                }
+                report.add(done);
             }
             after = match batch.last() {
                 Some(d) if batch.len() == BATCH => Some((d.shop_id.clone(), d.customer_id.clone())),
@@ -277,5 +158,231 @@ impl Store {
             };
         }
         Ok(report)
+    }
+
+    /// Reviews a batch of one shop's members in one transaction.
+    async fn review(
+        &self,
+        tx: &WriteTx,
+        program: &Program,
+        shop_id: &str,
+        customers: &[String],
+        now: i64,
+    ) -> Result<NightlyReport, LoyaltyError> {
+        let mut report = NightlyReport::default();
+        let members = self.lock_members(tx, shop_id, customers).await?;
+        let before = standings(&members);
+        let tier_due: Vec<String> = members
+            .values()
+            .filter(|m| m.requalify_at <= now || m.drop_at.is_some_and(|d| d <= now))
+            .map(|m| m.customer_id.clone())
+            .collect();
+        let windows = if tier_due.is_empty() {
+            HashMap::new()
+        } else {
+            self.windows(tx, program, shop_id, &tier_due, now).await?
+        };
+        let horizon = now + days(program.expiry_warning_days);
+        let lots = self
+            .lots_expiring(tx, shop_id, customers, None, horizon)
+            .await?;
+        let mut lots_of: HashMap<&str, Vec<&DueLot>> = HashMap::new();
+        for l in &lots {
+            lots_of.entry(&l.customer_id).or_default().push(l);
+        }
+        let (mut changes, mut entries, mut events, mut saved, mut emptied) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for mut m in members.into_values() {
+            let mut changed = false;
+            // Tiers: requalify, announce a drop, or drop.
+            if m.requalify_at <= now || m.drop_at.is_some_and(|d| d <= now) {
+                let window = windows.get(&m.customer_id).copied().unwrap_or_default();
+                let step = tier_step(program, &mut m, window, now);
+                report.members_requalified += 1;
+                match step.decision {
+                    Decision::Drop(_) => report.tiers_dropped += 1,
+                    Decision::WillDrop(..) => report.drops_announced += 1,
+                    Decision::Upgrade(_) | Decision::Requalified | Decision::Keep => {}
+                }
+                changed |= step.decision != Decision::Keep;
+                changes.extend(step.change);
+                events.extend(step.events);
+            }
+            let mine = lots_of.remove(m.customer_id.as_str()).unwrap_or_default();
+            // Expiry: everything left in lots past their date.
+            let expired: i64 = mine
+                .iter()
+                .filter(|l| l.expire_at <= now)
+                .map(|l| l.remaining)
+                .sum();
+            if expired > 0 {
+                m.balance -= expired;
+                emptied.extend(
+                    mine.iter()
+                        .filter(|l| l.expire_at <= now)
+                        .map(|l| l.id.clone()),
+                );
+                entries.push(vec![
+                    shop_id.into(),
+                    new_id().into(),
+                    m.customer_id.clone().into(),
+                    (EntryKind::Expired as i32).into(),
+                    (-expired).into(),
+                    m.balance.into(),
+                    format!("{expired} points reached their expiry date").into(),
+                    String::new().into(),
+                    String::new().into(),
+                    NIGHTLY_ACTOR.into(),
+                    Option::<i64>::None.into(),
+                    Option::<i64>::None.into(),
+                    now.into(),
+                ]);
+                events.push(event(
+                    shop_id,
+                    Payload::PointsExpired(PointsExpired {
+                        customer_id: m.customer_id.clone(),
+                        points: expired,
+                        balance_points: m.balance,
+                    }),
+                ));
+                report.members_expired += 1;
+                report.points_expired += expired;
+                changed = true;
+            }
+            // Warnings: points expiring within the warning period that
+            // nobody was told about yet.
+            let soon: Vec<&&DueLot> = mine
+                .iter()
+                .filter(|l| l.expire_at > now && l.expire_at > m.expiry_warned_until)
+                .collect();
+            if let (Some(first), Some(last)) = (
+                soon.iter().map(|l| l.expire_at).min(),
+                soon.iter().map(|l| l.expire_at).max(),
+            ) {
+                m.expiry_warned_until = last;
+                events.push(event(
+                    shop_id,
+                    Payload::PointsExpiring(PointsExpiring {
+                        customer_id: m.customer_id.clone(),
+                        points: soon.iter().map(|l| l.remaining).sum(),
+                        expire_time: Some(timestamp_from_micros(first)),
+                    }),
+                ));
+                report.expiry_warnings += 1;
+                changed = true;
+            }
+            if changed {
+                saved.push(m);
+            }
+        }
+        self.empty_lots(tx, shop_id, &emptied).await?;
+        bulk::insert(tx, "ledger_entries", &ENTRY_COLUMNS, entries, "").await?;
+        bulk::insert(tx, "tier_changes", &TIER_CHANGE_COLUMNS, changes, "").await?;
+        outbox::append_many(tx, events).await?;
+        self.save_members(tx, saved, &before, now).await?;
+        Ok(report)
+    }
+    /// Lots with points left of `customers` expiring in (`from`, `to`].
+    async fn lots_expiring(
+        &self,
+        tx: &WriteTx,
+        shop_id: &str,
+        customers: &[String],
+        from: Option<i64>,
+        to: i64,
+    ) -> Result<Vec<DueLot>, LoyaltyError> {
+        let select = "SELECT l.customer_id AS customer_id, l.id AS id, l.remaining AS remaining,
+                l.expire_at AS expire_at FROM point_lots l";
+        let lower = from.unwrap_or(i64::MIN);
+        let mut rows = Vec::new();
+        if self.db.is_postgres() {
+            let keys: Vec<Value> = customers.iter().map(|c| c.clone().into()).collect();
+            rows = tx
+                .query_all(
+                    &format!(
+                        "{select} JOIN unnest($2::text[]) AS w(k) ON l.shop_id = $1 AND l.customer_id = w.k
+                         WHERE l.remaining > 0 AND l.expire_at > $3 AND l.expire_at <= $4"
+                    ),
+                    vec![
+                        shop_id.into(),
+                        Value::Array(
+                            sea_orm::sea_query::ArrayType::String,
+                            Some(Box::new(keys)),
+                        ),
+                        lower.into(),
+                        to.into(),
+                    ],
+                )
+                .await?;
+        } else {
+            for chunk in customers.chunks(500) {
+                let mut values: Vec<Value> = vec![shop_id.into(), lower.into(), to.into()];
+                let marks: Vec<String> = chunk
+                    .iter()
+                    .map(|c| {
+                        values.push(c.clone().into());
+                        format!("${}", values.len())
+                    })
+                    .collect();
+                rows.extend(
+                    tx.query_all(
+                        &format!(
+                            "{select} WHERE l.shop_id = $1 AND l.remaining > 0 AND l.expire_at > $2
+                               AND l.expire_at <= $3 AND l.customer_id IN ({})",
+                            marks.join(", ")
+                        ),
+                        values,
+                    )
+                    .await?,
+                );
+            }
+        }
+        Ok(rows
+            .iter()
+            .map(|r| DueLot::from_query_result(r, ""))
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// Sets the lots `ids` to nothing left (their points were expired).
+    async fn empty_lots(
+        &self,
+        tx: &WriteTx,
+        shop_id: &str,
+        ids: &[String],
+    ) -> Result<(), LoyaltyError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        if self.db.is_postgres() {
+            let keys: Vec<Value> = ids.iter().map(|c| c.clone().into()).collect();
+            tx.execute(
+                "UPDATE point_lots SET remaining = 0 WHERE shop_id = $1 AND id = ANY($2::text[])",
+                vec![
+                    shop_id.into(),
+                    Value::Array(sea_orm::sea_query::ArrayType::String, Some(Box::new(keys))),
+                ],
+            )
+            .await?;
+            return Ok(());
+        }
+        for chunk in ids.chunks(500) {
+            let mut values: Vec<Value> = vec![shop_id.into()];
+            let marks: Vec<String> = chunk
+                .iter()
+                .map(|c| {
+                    values.push(c.clone().into());
+                    format!("${}", values.len())
+                })
+                .collect();
+            tx.execute(
+                &format!(
+                    "UPDATE point_lots SET remaining = 0 WHERE shop_id = $1 AND id IN ({})",
+                    marks.join(", ")
+                ),
+                values,
+            )
+            .await?;
+        }
+        Ok(())
     }
 }

@@ -165,11 +165,27 @@ const LOYALTY_TABLES: SqlMigration = SqlMigration {
     ],
 };
 
+// The review run walks members by primary key (see store/nightly.rs), so
+// these indexes only cost writes: an update of requalify_at or of a lot's
+// points could not stay a heap-only update while they exist.
+const LOYALTY_REVIEW_BY_KEY: SqlMigration = SqlMigration {
+    name: "m20261124_000020_loyalty_review_by_key",
+    statements: &[
+        "DROP INDEX IF EXISTS members_by_requalify",
+        "DROP INDEX IF EXISTS members_by_drop",
+        "DROP INDEX IF EXISTS lots_by_expiry",
+    ],
+};
+
 /// The loyalty service's migrations, in order.
 pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(KIT_TABLES), Box::new(LOYALTY_TABLES)]
+        vec![
+            Box::new(KIT_TABLES),
+            Box::new(LOYALTY_TABLES),
+            Box::new(LOYALTY_REVIEW_BY_KEY),
+        ]
     }
 }
