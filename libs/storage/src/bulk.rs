@@ -151,9 +151,9 @@ fn pg_arrays(
 }
 
 /// Updates existing rows of `table`: the first `keys` of `columns` name the
-/// row, the rest are set. On PostgreSQL one `UPDATE … FROM unnest(…)`
-/// (cheaper than an upsert: no speculative insertion); on SQLite an upsert
-/// of rows that all exist. Rows affected.
+/// row, the rest are set: one `UPDATE … FROM unnest(…)` on PostgreSQL
+/// (cheaper than an upsert: no speculative insertion), `UPDATE … FROM
+/// (VALUES …)` on SQLite. Rows affected.
 pub async fn update(
     tx: &WriteTx,
     table: &str,
@@ -186,22 +186,41 @@ pub async fn update(
         );
         return tx.execute(&sql, values).await;
     }
-    let set: Vec<String> = names[keys..]
+    // SQLite names the columns of a VALUES list column1, column2, ...
+    let set: Vec<String> = names
         .iter()
-        .map(|n| format!("{n} = excluded.{n}"))
+        .enumerate()
+        .skip(keys)
+        .map(|(i, n)| format!("{n} = u.column{}", i + 1))
         .collect();
-    insert(
-        tx,
-        table,
-        columns,
-        rows,
-        &format!(
-            "ON CONFLICT ({}) DO UPDATE SET {}",
-            names[..keys].join(", "),
-            set.join(", ")
-        ),
-    )
-    .await
+    let matching: Vec<String> = names[..keys]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("{table}.{n} = u.column{}", i + 1))
+        .collect();
+    let per_statement = (SQLITE_MAX_VARIABLES / columns.len()).max(1);
+    let mut affected = 0;
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<Vec<Value>> = rows.by_ref().take(per_statement).collect();
+        let mut groups = Vec::with_capacity(chunk.len());
+        let mut values = Vec::with_capacity(chunk.len() * columns.len());
+        for (r, row) in chunk.into_iter().enumerate() {
+            let marks: Vec<String> = (0..columns.len())
+                .map(|c| format!("${}", r * columns.len() + c + 1))
+                .collect();
+            groups.push(format!("({})", marks.join(", ")));
+            values.extend(row);
+        }
+        let sql = format!(
+            "UPDATE {table} SET {} FROM (VALUES {}) AS u WHERE {}",
+            set.join(", "),
+            groups.join(", "),
+            matching.join(" AND ")
+        );
+        affected += tx.execute(&sql, values).await?;
+    }
+    Ok(affected)
 }
 
 fn array_type(c: Col) -> ArrayType {
