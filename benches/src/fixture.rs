@@ -149,12 +149,12 @@ impl Running {
         settings.server.max_concurrent_requests = 4096;
         let suite = Suite::open(settings, true).await?;
         let shop = suite
-            .customer
+            .customer()?
             .store
             .create_shop("压测店铺", "Asia/Shanghai")
             .await?;
         let (_, key) = suite
-            .customer
+            .customer()?
             .store
             .create_api_key(&shop.id, Role::Operator, "bench")
             .await?;

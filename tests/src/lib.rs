@@ -52,6 +52,11 @@ impl Interceptor for Bearer {
     }
 }
 
+/// The interceptor presenting `key`.
+pub fn bearer(key: &str) -> Bearer {
+    Bearer(format!("Bearer {key}").parse().expect("metadata"))
+}
+
 /// A customer-service client with a key.
 pub type Customers =
     CustomerServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
@@ -114,7 +119,7 @@ pub fn with_loyalty(settings: &mut Settings, database: &TestDatabase) {
 }
 
 async fn shop_keys(suite: &Suite, name: &str) -> ShopKeys {
-    let store = &suite.customer.store;
+    let store = &suite.customer().expect("customer runs").store;
     let shop = store
         .create_shop(name, "Asia/Shanghai")
         .await

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod cache;
+pub mod client;
 pub mod domain;
 pub mod error;
 pub mod events;

@@ -31,21 +31,79 @@ pub enum SuiteError {
     /// The server failed.
     #[error(transparent)]
     Serve(#[from] huitou_runtime::server::ServeError),
+    /// The settings do not describe the services asked for.
+    #[error("invalid settings:\n  {}", .0.join("\n  "))]
+    Settings(Vec<String>),
+    /// A service this process does not run was asked for.
+    #[error("the {0} service does not run in this process")]
+    NotHere(&'static str),
+    /// API keys cannot be checked.
+    #[error("cannot reach the customer service for API keys: {0}")]
+    Keys(String),
+}
+
+/// Which services a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Services {
+    /// Every configured service (the one-process suite).
+    All,
+    /// The customer service alone.
+    Customer,
+    /// The loyalty service alone; API keys are checked by the customer
+    /// service at `auth.key_service`.
+    Loyalty,
 }
 
 /// The services of one process.
 pub struct Suite {
     settings: Settings,
-    /// The customer service.
-    pub customer: CustomerService,
-    /// The loyalty service, when configured.
+    /// The customer service, when it runs here.
+    customer: Option<CustomerService>,
+    /// The loyalty service, when it runs here.
     pub loyalty: Option<LoyaltyService>,
 }
 
 impl Suite {
-    /// Opens every service's storage; migrates when `migrate` is set.
+    /// Opens every configured service's storage; migrates when `migrate`.
     pub async fn open(settings: Settings, migrate: bool) -> Result<Self, SuiteError> {
-        let customer = CustomerService::open(&settings.customer, migrate).await?;
+        Self::open_services(settings, Services::All, migrate).await
+    }
+
+    /// Opens the storage of `which` services; migrates when `migrate`.
+    pub async fn open_services(
+        mut settings: Settings,
+        which: Services,
+        migrate: bool,
+    ) -> Result<Self, SuiteError> {
+        let mut problems = Vec::new();
+        let run_customer = which != Services::Loyalty;
+        if which == Services::Customer {
+            settings.loyalty = None;
+        }
+        if run_customer {
+            problems.extend(settings.customer.problems("customer"));
+        }
+        match &settings.loyalty {
+            Some(loyalty) => problems.extend(loyalty.problems("loyalty")),
+            None if which == Services::Loyalty => {
+                problems.push("loyalty: the [loyalty] section is required".into())
+            }
+            None => {}
+        }
+        if which == Services::Loyalty && settings.auth.key_service.is_empty() {
+            problems.push(
+                "auth.key_service: required to run a service without the customer service \
+                 (e.g. http://customer:50051)"
+                    .into(),
+            );
+        }
+        if !problems.is_empty() {
+            return Err(SuiteError::Settings(problems));
+        }
+        let customer = match run_customer {
+            true => Some(CustomerService::open(&settings.customer, migrate).await?),
+            false => None,
+        };
         let loyalty = match &settings.loyalty {
             Some(config) => Some(LoyaltyService::open(config, migrate).await?),
             None => None,
@@ -57,9 +115,19 @@ impl Suite {
         })
     }
 
+    /// The customer service (shops and keys live there).
+    pub fn customer(&self) -> Result<&CustomerService, SuiteError> {
+        self.customer
+            .as_ref()
+            .ok_or(SuiteError::NotHere(huitou_customer::SERVICE))
+    }
+
     /// The services this process runs, by name.
     pub fn service_names(&self) -> Vec<&'static str> {
-        let mut names = vec![huitou_customer::SERVICE];
+        let mut names = Vec::new();
+        if self.customer.is_some() {
+            names.push(huitou_customer::SERVICE);
+        }
         if self.loyalty.is_some() {
             names.push(huitou_loyalty::SERVICE);
         }
@@ -74,18 +142,29 @@ impl Suite {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), SuiteError> {
         let token = self.settings.auth.token();
-        let authenticator = Authenticator::new(self.customer.key_verifier(), &token);
+        let keys: std::sync::Arc<dyn huitou_runtime::auth::KeyVerifier> = match &self.customer {
+            Some(customer) => customer.key_verifier(),
+            None => std::sync::Arc::new(
+                huitou_customer::client::RemoteKeys::new(&self.settings.auth.key_service, &token)
+                    .map_err(|f| SuiteError::Keys(f.message))?,
+            ),
+        };
+        let authenticator = Authenticator::new(keys, &token);
         let mut server = GrpcServer::new(self.settings.server.clone(), authenticator);
-        self.customer.register(&mut server);
+        if let Some(customer) = &self.customer {
+            customer.register(&mut server);
+        }
         if let Some(loyalty) = &self.loyalty {
             loyalty.register(&mut server);
+        }
+        if let (Some(customer), Some(_)) = (&mut self.customer, &self.loyalty) {
             // Services in one process deliver events to each other through
             // the process's own address.
             let mut own = listener.local_addr().map_err(SuiteError::Listener)?;
             if own.ip().is_unspecified() {
                 own.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
             }
-            self.customer.subscribe_if_absent(Subscriber {
+            customer.subscribe_if_absent(Subscriber {
                 name: huitou_loyalty::SERVICE.into(),
                 endpoint: format!("http://{own}"),
                 event_types: huitou_loyalty::events::SUBSCRIBED
@@ -99,12 +178,12 @@ impl Suite {
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        let mut tasks = vec![tokio::spawn(
-            self.customer.relay(&token)?.run(stopped(stop_rx.clone())),
-        )];
-        let customer = std::sync::Arc::new(self.customer);
-        {
-            let customer = customer.clone();
+        let mut tasks = Vec::new();
+        if let Some(customer) = self.customer {
+            tasks.push(tokio::spawn(
+                customer.relay(&token)?.run(stopped(stop_rx.clone())),
+            ));
+            let customer = std::sync::Arc::new(customer);
             let stop = stopped(stop_rx.clone());
             tasks.push(tokio::spawn(
                 async move { customer.housekeeping(stop).await },

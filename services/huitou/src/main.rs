@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use huitou::Suite;
 use huitou::settings::{self, Settings, write_private};
+use huitou::{Services, Suite};
 use huitou_customer::store::shops::{DEFAULT_TIME_ZONE, check_shop_name, check_time_zone};
 use huitou_runtime::Role;
 use huitou_runtime::server::shutdown_signal;
@@ -117,6 +117,7 @@ struct Target {
 #[derive(Clone, Copy, ValueEnum)]
 enum ServiceName {
     Customer,
+    Loyalty,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -150,20 +151,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             config,
         } => up(&data_dir, listen, config.as_deref()).await,
         Command::Serve {
-            service: ServiceName::Customer,
+            service,
             config,
             migrate,
         } => {
-            let mut settings = settings::cluster(config.as_deref())?;
-            // One service per process in a cluster.
-            settings.loyalty = None;
-            let _telemetry = telemetry::init("huitou-customer", &settings.telemetry)?;
+            let settings = settings::cluster(config.as_deref())?;
+            let (name, which) = match service {
+                ServiceName::Customer => ("customer", Services::Customer),
+                ServiceName::Loyalty => ("loyalty", Services::Loyalty),
+            };
+            let _telemetry = telemetry::init(&format!("huitou-{name}"), &settings.telemetry)?;
             let listen = settings.server.listen;
-            let suite = Suite::open(settings, migrate).await?;
+            let suite = Suite::open_services(settings, which, migrate).await?;
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
-            tracing::info!(address = %listen, service = "customer", "serving");
+            tracing::info!(address = %listen, service = name, "serving");
             suite.serve(listener, shutdown_signal()).await?;
             Ok(())
         }
@@ -222,9 +225,13 @@ async fn admin(command: AdminCommand) -> anyhow::Result<()> {
             }
             let settings = target_settings(target.data_dir.as_deref(), target.config.as_deref())?;
             let suite = Suite::open(settings, true).await?;
-            let shop = suite.customer.store.create_shop(&name, &time_zone).await?;
+            let shop = suite
+                .customer()?
+                .store
+                .create_shop(&name, &time_zone)
+                .await?;
             let (_, api_key) = suite
-                .customer
+                .customer()?
                 .store
                 .create_api_key(&shop.id, Role::Operator, "created with the shop")
                 .await?;
@@ -248,7 +255,7 @@ async fn admin(command: AdminCommand) -> anyhow::Result<()> {
                 KeyRole::Admin => Role::Admin,
             };
             let (record, api_key) = suite
-                .customer
+                .customer()?
                 .store
                 .create_api_key(&shop, role, &label)
                 .await
@@ -305,7 +312,7 @@ async fn demo_shop(suite: &Suite, data_dir: &Path) -> anyhow::Result<(String, St
             path.display()
         );
     }
-    let store = &suite.customer.store;
+    let store = &suite.customer()?.store;
     let shop = store
         .create_shop("演示店铺 Demo Shop", DEFAULT_TIME_ZONE)
         .await?;

@@ -150,4 +150,43 @@ impl ShopService for ShopApi {
             key: Some(convert::api_key(&key)),
         }))
     }
+
+    async fn verify_api_key(
+        &self,
+        request: Request<pb::VerifyApiKeyRequest>,
+    ) -> Result<Response<pb::VerifyApiKeyResponse>, Status> {
+        let caller = caller(&request)?;
+        if caller.role != Role::Internal {
+            return Err(Failure::permission_denied("only Huitou services check API keys").into());
+        }
+        let req = request.into_inner();
+        let mut v = FieldViolations::new();
+        v.check(
+            !req.key_id.is_empty() && req.key_id.len() <= 64,
+            "key_id",
+            "must be 1-64 characters",
+        );
+        v.check(
+            req.secret_sha256.len() == 64
+                && req
+                    .secret_sha256
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+            "secret_sha256",
+            "must be 64 lower-case hex characters",
+        );
+        v.finish()?;
+        let found = self
+            .keys
+            .verify_hash(&req.key_id, &req.secret_sha256)
+            .await?;
+        Ok(Response::new(match found {
+            Some(c) => pb::VerifyApiKeyResponse {
+                valid: true,
+                shop_id: c.shop_id,
+                role: c.role.as_str().into(),
+            },
+            None => pb::VerifyApiKeyResponse::default(),
+        }))
+    }
 }

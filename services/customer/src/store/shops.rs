@@ -252,52 +252,56 @@ impl StoredKeys {
     }
 }
 
+impl StoredKeys {
+    /// The caller a key id and secret hash stand for, `None` when unknown,
+    /// revoked or wrong.
+    pub async fn verify_hash(&self, key_id: &str, hash: &str) -> Result<Option<Caller>, Failure> {
+        use huitou_storage::cache::Cache;
+        if let Ok(Some(cached)) = self.cache.get(key_id).await
+            && let Ok(text) = String::from_utf8(cached)
+        {
+            // Cached as "hash shop role".
+            let mut parts = text.splitn(3, ' ');
+            if let (Some(h), Some(shop), Some(role)) = (parts.next(), parts.next(), parts.next())
+                && constant_time_eq(h.as_bytes(), hash.as_bytes())
+                && let Some(role) = Role::parse(role)
+            {
+                return Ok(Some(Caller {
+                    shop_id: shop.to_owned(),
+                    role,
+                    key_id: key_id.to_owned(),
+                }));
+            }
+        }
+        let Some(record) = self.store.api_key(key_id).await? else {
+            return Ok(None);
+        };
+        if record.revoked_at.is_some()
+            || !constant_time_eq(record.secret_hash.as_bytes(), hash.as_bytes())
+        {
+            return Ok(None);
+        }
+        let Some(role) = Role::parse(&record.role) else {
+            return Ok(None);
+        };
+        let entry = format!("{} {} {}", record.secret_hash, record.shop_id, record.role);
+        let _ = self
+            .cache
+            .put(key_id, entry.as_bytes(), KEY_CACHE_TTL)
+            .await;
+        Ok(Some(Caller {
+            shop_id: record.shop_id,
+            role,
+            key_id: key_id.to_owned(),
+        }))
+    }
+}
+
 impl KeyVerifier for StoredKeys {
     fn verify<'a>(
         &'a self,
         key: &'a ApiKeySecret,
     ) -> BoxFuture<'a, Result<Option<Caller>, Failure>> {
-        use huitou_storage::cache::Cache;
-        Box::pin(async move {
-            let hash = key.secret_hash();
-            if let Ok(Some(cached)) = self.cache.get(&key.key_id).await
-                && let Ok(text) = String::from_utf8(cached)
-            {
-                // Cached as "hash shop role".
-                let mut parts = text.splitn(3, ' ');
-                if let (Some(h), Some(shop), Some(role)) =
-                    (parts.next(), parts.next(), parts.next())
-                    && constant_time_eq(h.as_bytes(), hash.as_bytes())
-                    && let Some(role) = Role::parse(role)
-                {
-                    return Ok(Some(Caller {
-                        shop_id: shop.to_owned(),
-                        role,
-                        key_id: key.key_id.clone(),
-                    }));
-                }
-            }
-            let Some(record) = self.store.api_key(&key.key_id).await? else {
-                return Ok(None);
-            };
-            if record.revoked_at.is_some()
-                || !constant_time_eq(record.secret_hash.as_bytes(), hash.as_bytes())
-            {
-                return Ok(None);
-            }
-            let Some(role) = Role::parse(&record.role) else {
-                return Ok(None);
-            };
-            let entry = format!("{} {} {}", record.secret_hash, record.shop_id, record.role);
-            let _ = self
-                .cache
-                .put(&key.key_id, entry.as_bytes(), KEY_CACHE_TTL)
-                .await;
-            Ok(Some(Caller {
-                shop_id: record.shop_id,
-                role,
-                key_id: record.id,
-            }))
-        })
+        Box::pin(async move { self.verify_hash(&key.key_id, &key.secret_hash()).await })
     }
 }
