@@ -201,8 +201,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn target_settings(data_dir: Option<&Path>, config: Option<&Path>) -> anyhow::Result<Settings> {
-    let external =
-        config.is_some() || std::env::var_os("HUITOU__CUSTOMER__DATABASE__URL").is_some();
+    // A settings file or any service's database URL in the environment
+    // means a cluster; otherwise the embedded data folder.
+    let external = config.is_some()
+        || std::env::vars_os().any(|(k, _)| {
+            k.to_str()
+                .is_some_and(|k| k.starts_with("HUITOU__") && k.ends_with("__DATABASE__URL"))
+        });
     Ok(match (data_dir, external) {
         (Some(dir), _) => settings::embedded(dir, config)?,
         (None, true) => settings::cluster(config)?,
