@@ -1,0 +1,3 @@
+-- Each service owns its database.
+CREATE DATABASE customer OWNER huitou;
+CREATE DATABASE loyalty OWNER huitou;
