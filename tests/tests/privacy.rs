@@ -190,3 +190,70 @@ async fn planted_personal_data_is_not_in_logs_or_storage() {
     }
     storage.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_rotated_key_takes_over_after_a_reseal_and_the_old_key_can_go() {
+    use secrecy::SecretString;
+
+    let suite = TestSuite::start("reseal").await;
+    let keys = suite.shop.clone();
+    let mut ops = suite.customers(&keys.operator);
+    let customer = ops
+        .upsert_customer(pb::UpsertCustomerRequest {
+            buyer_nick: "tb_rotate".into(),
+            name: Some(NAME.into()),
+            phone: Some(PHONE.into()),
+            email: Some(EMAIL.into()),
+            ..Default::default()
+        })
+        .await
+        .expect("customer")
+        .into_inner()
+        .customer
+        .expect("customer");
+    let mut settings = suite.settings.clone();
+    // Loyalty's database goes with the first suite; this is about customer.
+    settings.loyalty = None;
+    let database = suite.stop_keeping_storage().await;
+
+    // Rotate: k2 joins and becomes active; k1 stays to open old values.
+    let k2 = huitou_privacy::random_hex_key().expect("key");
+    let personal = &mut settings.customer.personal_data;
+    personal
+        .keys
+        .insert("k2".into(), SecretString::from(k2.clone()));
+    personal.active_key_id = "k2".into();
+    let rotated = huitou::Suite::open(settings.clone(), false)
+        .await
+        .expect("opens");
+    let store = &rotated.customer().expect("customer").store;
+    let first = store.reseal_personal_data().await.expect("reseal");
+    assert_eq!(first.fields, 3, "name, phone and email moved to k2");
+    let again = store.reseal_personal_data().await.expect("reseal");
+    assert_eq!(again.fields, 0, "nothing left under k1");
+    drop(rotated);
+
+    // Without k1 the data still opens: it is all under k2 now.
+    settings.customer.personal_data.keys.remove("k1");
+    let suite = TestSuite::start_with(database, settings).await;
+    let mut ops = suite.customers(&keys.operator);
+    let revealed = ops
+        .reveal_contact(pb::RevealContactRequest {
+            customer_id: customer.id.clone(),
+            field: pb::ContactField::Phone as i32,
+            reason: "核对密钥轮换".into(),
+        })
+        .await
+        .expect("reveal")
+        .into_inner();
+    assert_eq!(revealed.value, PHONE);
+    let found = ops
+        .find_customer_by_phone(pb::FindCustomerByPhoneRequest {
+            phone: PHONE.into(),
+        })
+        .await
+        .expect("lookup")
+        .into_inner();
+    assert_eq!(found.customer.expect("customer").id, customer.id);
+    suite.stop().await;
+}

@@ -101,6 +101,13 @@ enum AdminCommand {
         #[command(flatten)]
         target: Target,
     },
+    /// After a personal-data key rotation: seals every field still under an
+    /// old key again under the active key and prints what it did as JSON.
+    /// When it reports 0 fields, the old key can leave the settings.
+    ResealPersonalData {
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(clap::Args)]
@@ -217,6 +224,21 @@ fn target_settings(data_dir: Option<&Path>, config: Option<&Path>) -> anyhow::Re
 
 async fn admin(command: AdminCommand) -> anyhow::Result<()> {
     match command {
+        AdminCommand::ResealPersonalData { target } => {
+            let settings = target_settings(target.data_dir.as_deref(), target.config.as_deref())?;
+            let suite = Suite::open_services(settings, Services::Customer, true).await?;
+            let done = suite
+                .customer()?
+                .store
+                .reseal_personal_data()
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", huitou_runtime::Failure::from(e).message))?;
+            println!(
+                "{}",
+                serde_json::json!({"customers": done.customers, "fields_resealed": done.fields})
+            );
+            Ok(())
+        }
         AdminCommand::CreateShop {
             name,
             time_zone,

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod customers;
 pub mod imports;
 pub mod orders;
+pub mod reseal;
 pub mod schema;
 pub mod shops;
 
