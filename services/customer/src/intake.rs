@@ -31,6 +31,8 @@ type Answer = Result<(Order, bool), CustomerError>;
 struct Job {
     shop_id: String,
     order: NewOrder,
+    /// The caller's trace context: the writer runs in its own task.
+    trace: (String, String),
     reply: oneshot::Sender<Answer>,
 }
 
@@ -65,6 +67,7 @@ impl OrderIntake {
         let job = Job {
             shop_id: shop_id.to_owned(),
             order,
+            trace: huitou_runtime::telemetry::current_trace_headers(),
             reply,
         };
         let gone = || {
@@ -105,6 +108,7 @@ async fn write_batch(store: &Store, batch: Vec<Job>) {
                 row_number: 0,
                 order: job.order.to_order(),
                 receiver: job.order.receiver.clone(),
+                trace: Some(job.trace.clone()).filter(|(parent, _)| !parent.is_empty()),
             });
     }
     let written: Result<HashMap<(String, String), Order>, CustomerError> = async {

@@ -550,6 +550,7 @@ pub fn import_row(row: &pb::ImportedOrder) -> Result<ImportRow, Vec<(String, Str
             import_id: None,
         },
         receiver,
+        trace: None,
     })
 }
 

@@ -24,6 +24,11 @@ pub struct ImportRow {
     pub order: Order,
     /// Receiver contact, normalised.
     pub receiver: BTreeMap<ContactField, String>,
+    /// W3C trace context (traceparent, tracestate) of the call that sent
+    /// the row, when it is not the current span's: orders recorded by the
+    /// intake's writer carry their caller's, so their events join the
+    /// caller's trace.
+    pub trace: Option<(String, String)>,
 }
 
 /// What a batch did.
@@ -141,7 +146,21 @@ impl Store {
                 pending_events.push(events::customer_created(shop_id, &record.customer));
             }
         }
+        // Where each new buyer's `customer.created` sits, to give it the
+        // trace of the buyer's first order.
+        let mut created_at: HashMap<String, usize> = pending_events
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| match &e.payload {
+                Some(huitou_proto::events::v1::event_envelope::Payload::CustomerCreated(c)) => {
+                    Some((c.buyer_nick.clone(), i))
+                }
+                _ => None,
+            })
+            .collect();
         for mut row in fresh {
+            let first_event = pending_events.len();
+            let trace = row.trace.take();
             let Some((buyer, created)) = buyers.get_mut(&row.order.buyer_nick) else {
                 continue;
             };
@@ -185,6 +204,16 @@ impl Store {
                             &buyer.customer,
                             filled,
                         ));
+                    }
+                }
+            }
+            if let Some((parent, state)) = trace {
+                let created = created_at.remove(&row.order.buyer_nick);
+                let indexes = (first_event..pending_events.len()).chain(created);
+                for i in indexes {
+                    if let Some(event) = pending_events.get_mut(i) {
+                        event.traceparent = parent.clone();
+                        event.tracestate = state.clone();
                     }
                 }
             }

@@ -1,0 +1,172 @@
+//! One trace across services: a storefront's RecordOrder in the customer
+//! service and the loyalty work its events cause, through the outbox,
+//! arrive at an OTLP receiver under the same trace id, with RPC spans named
+//! and attributed after the OpenTelemetry RPC conventions.
+//!
+//! Its own test binary: telemetry is process-global.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test code fails loudly
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use huitou_proto::customer::v1 as cpb;
+use huitou_proto::loyalty::v1 as pb;
+use huitou_testkit::TestDatabase;
+use huitou_tests::{TestSuite, ago, test_settings, with_loyalty};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::Span;
+
+#[derive(Clone, Default)]
+struct Receiver(Arc<Mutex<Vec<(String, Span)>>>);
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.0.lock().unwrap();
+        for resource in request.into_inner().resource_spans {
+            let service = resource
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|a| a.key == "service.name")
+                .and_then(|a| a.value.as_ref()?.value.as_ref())
+                .map(|v| match v {
+                    Value::StringValue(s) => s.clone(),
+                    _ => String::new(),
+                })
+                .unwrap_or_default();
+            for scope in resource.scope_spans {
+                for span in scope.spans {
+                    spans.push((service.clone(), span));
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+fn attribute(span: &Span, key: &str) -> Option<String> {
+    span.attributes
+        .iter()
+        .find(|a| a.key == key)
+        .and_then(|a| a.value.as_ref()?.value.as_ref())
+        .map(|v| match v {
+            Value::StringValue(s) => s.clone(),
+            Value::IntValue(i) => i.to_string(),
+            other => format!("{other:?}"),
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_and_the_loyalty_work_it_causes_are_one_trace() {
+    let receiver = Receiver::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector = listener.local_addr().unwrap();
+    {
+        let receiver = receiver.clone();
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(receiver))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await
+                .expect("receiver");
+        });
+    }
+
+    let database = TestDatabase::new("trace").await;
+    let loyalty_db = TestDatabase::new("trace-loyalty").await;
+    let mut settings = test_settings(&database);
+    with_loyalty(&mut settings, &loyalty_db);
+    settings.telemetry.otlp_endpoint = format!("http://{collector}");
+    settings.telemetry.log_filter = "info".into();
+    let telemetry =
+        huitou_runtime::telemetry::init("huitou", &settings.telemetry).expect("telemetry");
+    let mut suite = TestSuite::start_with(database, settings).await;
+    suite.loyalty_database = Some(loyalty_db);
+
+    let mut orders = suite.customers(&suite.shop.storefront);
+    let mut members = suite.loyalty(&suite.shop.storefront);
+    orders
+        .record_order(cpb::RecordOrderRequest {
+            order_no: "TR-1".into(),
+            buyer_nick: "tb_traced".into(),
+            status: cpb::OrderStatus::Paid as i32,
+            items: vec![cpb::OrderItem {
+                sku: "SKU-1".into(),
+                category: "童装".into(),
+                quantity: 1,
+                unit_price_fen: 10_000,
+                title: String::new(),
+            }],
+            payable_fen: 10_000,
+            create_time: Some(ago(60)),
+            pay_time: Some(ago(50)),
+            ..Default::default()
+        })
+        .await
+        .expect("order");
+    let mut applied = false;
+    for _ in 0..400 {
+        if let Ok(r) = members
+            .get_member(pb::GetMemberRequest {
+                buyer_nick: "tb_traced".into(),
+                ..Default::default()
+            })
+            .await
+            && r.into_inner().member.is_some_and(|m| m.balance_points > 0)
+        {
+            applied = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(applied, "loyalty applied the order");
+    suite.stop().await;
+    // Flushes every span still batched.
+    drop(telemetry);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let spans = receiver.0.lock().unwrap().clone();
+    let record = spans
+        .iter()
+        .map(|(_, s)| s)
+        .find(|s| attribute(s, "rpc.method").as_deref() == Some("RecordOrder"))
+        .expect("a RecordOrder span");
+    // OpenTelemetry RPC conventions: "package.Service/Method", server kind.
+    assert_eq!(
+        record.name,
+        "huitou.customer.v1.CustomerService/RecordOrder"
+    );
+    assert_eq!(attribute(record, "rpc.system").as_deref(), Some("grpc"));
+    assert_eq!(
+        attribute(record, "rpc.service").as_deref(),
+        Some("huitou.customer.v1.CustomerService")
+    );
+    assert_eq!(
+        attribute(record, "rpc.grpc.status_code").as_deref(),
+        Some("0")
+    );
+    assert_eq!(record.kind, 2, "SPAN_KIND_SERVER");
+    let same_trace: Vec<&Span> = spans
+        .iter()
+        .map(|(_, s)| s)
+        .filter(|s| s.trace_id == record.trace_id)
+        .collect();
+    let names: Vec<&str> = same_trace.iter().map(|s| s.name.as_str()).collect();
+    assert!(
+        names
+            .iter()
+            .any(|n| *n == "events.apply" || *n == "event.apply"),
+        "loyalty's application of the order's events joins the order's trace: {names:?}"
+    );
+}
