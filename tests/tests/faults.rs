@@ -325,3 +325,98 @@ async fn hung_database_is_deadline_exceeded_and_dead_database_unavailable() {
     );
     suite.stop().await;
 }
+
+/// A storefront that retries on another replica when a call is refused
+/// (UNAVAILABLE, or lost by the transport as a server goes away) sees no
+/// failed call while one replica is shut down under load, and every order
+/// is recorded exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_retries_elsewhere_sees_no_failure_while_a_replica_stops() {
+    let database = TestDatabase::new("rolling").await;
+    let mut settings = test_settings(&database);
+    settings.server.drain_delay_ms = 300;
+    settings.server.shutdown_grace_ms = 5_000;
+    let mut suite = TestSuite::start_with(database, settings).await;
+    let (other, _keep_other) = suite.replica().await;
+    let key = suite.shop.storefront.clone();
+    let leaving = suite.customers(&key);
+    let staying = suite.customers_via(other, &key);
+
+    let retryable = |s: &tonic::Status| {
+        s.code() == Code::Unavailable
+            || (s.code() == Code::Cancelled && s.message().contains("operation was canceled"))
+            || (s.code() == Code::Internal && s.message().starts_with("h2 protocol error"))
+    };
+    let failed = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let moved = Arc::new(AtomicUsize::new(0));
+    let mut load = Vec::new();
+    for w in 0..4 {
+        let (mut a, mut b, failed, sent, moved) = (
+            leaving.clone(),
+            staying.clone(),
+            failed.clone(),
+            sent.clone(),
+            moved.clone(),
+        );
+        load.push(tokio::spawn(async move {
+            let mut a_down = false;
+            for i in 0..150 {
+                let order = paid(&format!("R{w}-{i}"), &format!("roll{w}"));
+                let mut answer = if a_down {
+                    b.record_order(order.clone()).await
+                } else {
+                    a.record_order(order.clone()).await
+                };
+                if let Err(s) = &answer
+                    && retryable(s)
+                {
+                    a_down = true;
+                    moved.fetch_add(1, Ordering::Relaxed);
+                    answer = b.record_order(order).await;
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+                if let Err(s) = answer {
+                    failed
+                        .lock()
+                        .expect("lock")
+                        .push(format!("{:?}: {}", s.code(), s.message()));
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    suite.signal_stop();
+    let took = suite.wait_stopped().await;
+    assert!(
+        took < Duration::from_secs(5),
+        "stopped within the grace period"
+    );
+    for l in load {
+        l.await.expect("load task");
+    }
+    let failed = failed.lock().expect("lock").clone();
+    assert!(failed.is_empty(), "calls failed: {failed:?}");
+    assert_eq!(sent.load(Ordering::Relaxed), 600);
+    assert!(
+        moved.load(Ordering::Relaxed) > 0,
+        "the replica stopped while calls were going to it"
+    );
+    // Every order exactly once, whichever replica recorded it (a retried
+    // order number is recognised, not recorded twice).
+    let mut reader = staying.clone();
+    for w in 0..4 {
+        let customer = reader
+            .get_customer(pb::GetCustomerRequest {
+                buyer_nick: format!("roll{w}"),
+                ..Default::default()
+            })
+            .await
+            .expect("buyer")
+            .into_inner()
+            .customer
+            .expect("customer");
+        assert_eq!(customer.stats.expect("stats").order_count, 150);
+    }
+    suite.stop().await;
+}
