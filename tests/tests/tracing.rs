@@ -1,7 +1,8 @@
 //! One trace across services: a storefront's RecordOrder in the customer
 //! service and the loyalty work its events cause, through the outbox,
 //! arrive at an OTLP receiver under the same trace id, with RPC spans named
-//! and attributed after the OpenTelemetry RPC conventions.
+//! and attributed after the OpenTelemetry RPC conventions; RPC duration and
+//! outbox backlog metrics arrive at the same receiver.
 //!
 //! Its own test binary: telemetry is process-global.
 
@@ -14,6 +15,12 @@ use huitou_proto::customer::v1 as cpb;
 use huitou_proto::loyalty::v1 as pb;
 use huitou_testkit::TestDatabase;
 use huitou_tests::{TestSuite, ago, test_settings, with_loyalty};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -21,6 +28,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::metrics::v1::Metric;
+use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use opentelemetry_proto::tonic::trace::v1::Span;
 
 #[derive(Clone, Default)]
@@ -55,6 +64,25 @@ impl TraceService for Receiver {
     }
 }
 
+#[derive(Clone, Default)]
+struct MetricsReceiver(Arc<Mutex<Vec<Metric>>>);
+
+#[tonic::async_trait]
+impl MetricsService for MetricsReceiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let mut metrics = self.0.lock().unwrap();
+        for resource in request.into_inner().resource_metrics {
+            for scope in resource.scope_metrics {
+                metrics.extend(scope.metrics);
+            }
+        }
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
 fn attribute(span: &Span, key: &str) -> Option<String> {
     span.attributes
         .iter()
@@ -70,13 +98,15 @@ fn attribute(span: &Span, key: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_and_the_loyalty_work_it_causes_are_one_trace() {
     let receiver = Receiver::default();
+    let metrics = MetricsReceiver::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let collector = listener.local_addr().unwrap();
     {
-        let receiver = receiver.clone();
+        let (receiver, metrics) = (receiver.clone(), metrics.clone());
         tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(TraceServiceServer::new(receiver))
+                .add_service(MetricsServiceServer::new(metrics))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
                 .await
                 .expect("receiver");
@@ -89,6 +119,7 @@ async fn an_order_and_the_loyalty_work_it_causes_are_one_trace() {
     with_loyalty(&mut settings, &loyalty_db);
     settings.telemetry.otlp_endpoint = format!("http://{collector}");
     settings.telemetry.log_filter = "info".into();
+    settings.telemetry.metrics_interval_ms = 200;
     let telemetry =
         huitou_runtime::telemetry::init("huitou", &settings.telemetry).expect("telemetry");
     let mut suite = TestSuite::start_with(database, settings).await;
@@ -132,7 +163,9 @@ async fn an_order_and_the_loyalty_work_it_causes_are_one_trace() {
     }
     assert!(applied, "loyalty applied the order");
     suite.stop().await;
-    // Flushes every span still batched.
+    // Let the relays measure their backlog once more, then flush every
+    // span and metric still batched.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     drop(telemetry);
     tokio::time::sleep(Duration::from_millis(200)).await;
 
@@ -168,5 +201,28 @@ async fn an_order_and_the_loyalty_work_it_causes_are_one_trace() {
             .iter()
             .any(|n| *n == "events.apply" || *n == "event.apply"),
         "loyalty's application of the order's events joins the order's trace: {names:?}"
+    );
+
+    // Metrics: RPC durations after the RPC conventions, and the outbox backlog.
+    let metrics = metrics.0.lock().unwrap().clone();
+    let names: Vec<&str> = metrics.iter().map(|m| m.name.as_str()).collect();
+    let duration = metrics
+        .iter()
+        .find(|m| m.name == "rpc.server.call.duration")
+        .unwrap_or_else(|| panic!("no RPC duration metric in {names:?}"));
+    assert_eq!(duration.unit, "s");
+    let Some(Data::Histogram(histogram)) = &duration.data else {
+        panic!("RPC duration is not a histogram");
+    };
+    assert!(histogram.data_points.iter().any(|p| {
+        p.attributes.iter().any(|a| {
+            a.key == "rpc.method"
+                && a.value.as_ref().and_then(|v| v.value.as_ref())
+                    == Some(&Value::StringValue("RecordOrder".into()))
+        }) && p.count > 0
+    }));
+    assert!(
+        names.contains(&"huitou.outbox.pending") && names.contains(&"huitou.outbox.lag"),
+        "outbox backlog metrics: {names:?}"
     );
 }

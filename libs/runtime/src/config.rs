@@ -141,6 +141,8 @@ pub struct TelemetryConfig {
     pub otlp_endpoint: String,
     /// Fraction of new traces sampled when the caller did not decide, 0.0-1.0.
     pub sample_ratio: f64,
+    /// How often metrics are exported to the OTLP endpoint, in ms.
+    pub metrics_interval_ms: u64,
 }
 
 /// How log lines are written.
@@ -160,6 +162,7 @@ impl Default for TelemetryConfig {
             log_filter: "info".into(),
             otlp_endpoint: String::new(),
             sample_ratio: 1.0,
+            metrics_interval_ms: 15_000,
         }
     }
 }
@@ -181,6 +184,9 @@ impl Validate for TelemetryConfig {
         }
         if !(0.0..=1.0).contains(&self.sample_ratio) {
             problems.push("telemetry.sample_ratio: must be between 0.0 and 1.0".into());
+        }
+        if !(100..=3_600_000).contains(&self.metrics_interval_ms) {
+            problems.push("telemetry.metrics_interval_ms: must be 100-3600000".into());
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod paging;
 pub mod server;
 pub mod telemetry;

@@ -389,7 +389,9 @@ where
             if code != 0 {
                 span.record("otel.status_code", "ERROR");
             }
-            let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+            let elapsed = started.elapsed().as_secs_f64();
+            crate::metrics::record_rpc(rpc_service, rpc_method, code, elapsed);
+            let elapsed_ms = elapsed * 1000.0;
             // Server-side faults are worth a line each; the rest only on demand.
             if matches!(code, 2 | 4 | 13 | 14 | 15) {
                 span.in_scope(|| tracing::warn!(grpc_status = code, elapsed_ms, "call failed"));

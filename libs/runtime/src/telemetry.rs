@@ -1,8 +1,8 @@
-//! Logs and traces for every process, set up once.
+//! Logs, traces and metrics for every process, set up once.
 //!
-//! `tracing` spans are the single instrument: they go to the log (text or
-//! JSON) and, when an OTLP endpoint is configured, to a collector as
-//! OpenTelemetry spans. Trace context travels in W3C `traceparent` /
+//! `tracing` spans go to the log (text or JSON) and, when an OTLP endpoint
+//! is configured, to a collector as OpenTelemetry spans; the instruments of
+//! [`crate::metrics`] are exported to the same endpoint. Trace context travels in W3C `traceparent` /
 //! `tracestate` headers on every call in and out, and in outbox events.
 
 use std::collections::HashMap;
@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -19,18 +20,30 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{LogFormat, TelemetryConfig};
 
-/// Keeps the trace exporter alive; flushes buffered spans when dropped.
-#[must_use = "dropping the guard stops trace export"]
+/// Keeps the exporters alive; flushes buffered spans and metrics when
+/// dropped.
+#[must_use = "dropping the guard stops trace and metric export"]
 pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,
+    meters: Option<SdkMeterProvider>,
 }
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
-        if let Some(provider) = self.provider.take() {
-            // Shutdown blocks while flushing; keep it off the async workers.
-            let _ = std::thread::spawn(move || provider.shutdown()).join();
+        let (provider, meters) = (self.provider.take(), self.meters.take());
+        if provider.is_none() && meters.is_none() {
+            return;
         }
+        // Shutdown blocks while flushing; keep it off the async workers.
+        let _ = std::thread::spawn(move || {
+            if let Some(m) = meters {
+                let _ = m.shutdown();
+            }
+            if let Some(p) = provider {
+                let _ = p.shutdown();
+            }
+        })
+        .join();
     }
 }
 
@@ -78,6 +91,28 @@ pub fn init(
                 .build(),
         )
     };
+    let meters = if config.otlp_endpoint.is_empty() {
+        None
+    } else {
+        let exporter = opentelemetry_otlp::MetricExporter::builder()
+            .with_tonic()
+            .with_endpoint(config.otlp_endpoint.clone())
+            .build()
+            .map_err(|e| TelemetryError(e.to_string()))?;
+        let reader = PeriodicReader::builder(exporter)
+            .with_interval(std::time::Duration::from_millis(config.metrics_interval_ms))
+            .build();
+        let meters = SdkMeterProvider::builder()
+            .with_reader(reader)
+            .with_resource(
+                opentelemetry_sdk::Resource::builder()
+                    .with_service_name(service_name.to_owned())
+                    .build(),
+            )
+            .build();
+        opentelemetry::global::set_meter_provider(meters.clone());
+        Some(meters)
+    };
     let otel = provider.as_ref().map(|p| {
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer("huitou"))
@@ -88,7 +123,7 @@ pub fn init(
         .with(fmt)
         .with(otel)
         .try_init();
-    Ok(TelemetryGuard { provider })
+    Ok(TelemetryGuard { provider, meters })
 }
 
 struct HeaderExtractor<'a>(&'a http::HeaderMap);

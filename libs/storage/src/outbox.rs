@@ -50,6 +50,9 @@ impl Subscriber {
     }
 }
 
+/// How often the relay measures its backlog for the metrics.
+const BACKLOG_EVERY: Duration = Duration::from_secs(5);
+
 /// Relay settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -275,6 +278,7 @@ impl Relay {
         tokio::pin!(stop);
         let poll = Duration::from_millis(self.config.poll_interval_ms);
         let mut last_sweep = std::time::Instant::now() - Duration::from_secs(3600);
+        let mut last_backlog = std::time::Instant::now() - BACKLOG_EVERY;
         loop {
             let mut idle = false;
             match self.pass().await {
@@ -283,6 +287,15 @@ impl Relay {
                 Err(e) => {
                     tracing::warn!(service = self.service_name, error = %e, "outbox relay pass failed");
                     idle = true;
+                }
+            }
+            if last_backlog.elapsed() >= BACKLOG_EVERY {
+                last_backlog = std::time::Instant::now();
+                match backlog(&self.db).await {
+                    Ok((pending, lag)) => {
+                        huitou_runtime::metrics::record_outbox(self.service_name, pending, lag)
+                    }
+                    Err(e) => tracing::debug!(error = %e, "outbox backlog not measured"),
                 }
             }
             if last_sweep.elapsed() > Duration::from_secs(600) {
