@@ -152,6 +152,56 @@ pub fn default_data_dir() -> PathBuf {
 mod tests {
     use super::*;
 
+    /// The settings file a Kubernetes ConfigMap carries.
+    fn configmap_toml(service: &str) -> std::path::PathBuf {
+        let yaml = std::fs::read_to_string(format!(
+            "{}/../../k8s/base/{service}/configmap.yaml",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .expect("configmap");
+        let toml: String = yaml
+            .lines()
+            .skip_while(|l| !l.trim_start().starts_with("huitou.toml:"))
+            .skip(1)
+            .map(|l| l.strip_prefix("    ").unwrap_or(l.trim()))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let path = std::env::temp_dir().join(format!(
+            "huitou-configmap-{service}-{}.toml",
+            std::process::id()
+        ));
+        std::fs::write(&path, toml).expect("write");
+        path
+    }
+
+    #[test]
+    fn the_kubernetes_configmaps_are_valid_settings() {
+        // The token comes from a Secret in the cluster; here, a second layer.
+        let secret =
+            std::env::temp_dir().join(format!("huitou-secret-{}.toml", std::process::id()));
+        std::fs::write(
+            &secret,
+            format!("[auth]\ninternal_token = \"{}\"\n", "k".repeat(32)),
+        )
+        .expect("write");
+        let defaults = Settings::default();
+        let customer = configmap_toml("customer");
+        let s = load_layers(&defaults, &[customer.as_path(), secret.as_path()])
+            .expect("customer settings");
+        assert_eq!(s.server.listen.port(), 50051);
+        let loyalty = &s.customer.outbox.subscribers[0];
+        assert_eq!(loyalty.endpoint, "http://loyalty:50051");
+        assert_eq!(loyalty.event_types, huitou_loyalty::events::SUBSCRIBED);
+        let path = configmap_toml("loyalty");
+        let s =
+            load_layers(&defaults, &[path.as_path(), secret.as_path()]).expect("loyalty settings");
+        assert!(s.loyalty.is_some());
+        assert_eq!(s.auth.key_service, "http://customer:50051");
+        for f in [customer, path, secret] {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+
     #[test]
     fn the_embedded_default_runs_every_service() {
         let dir = std::env::temp_dir().join(format!("huitou-settings-{}", std::process::id()));
