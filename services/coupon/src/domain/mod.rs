@@ -1,0 +1,4 @@
+//! Coupon rules without I/O.
+
+pub mod code;
+pub mod discount;
