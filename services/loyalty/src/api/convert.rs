@@ -6,7 +6,6 @@ use huitou_runtime::{Failure, FieldViolations};
 
 use crate::domain::ledger;
 use crate::domain::program::{Basis, EarningRules, Program, Tier};
-use crate::domain::tiers::{self, Window};
 use crate::store::catalog::{RewardRow, TaskRow};
 use crate::store::members::{EntryRow, MemberKey, MemberView, TierChangeRow};
 
@@ -169,13 +168,6 @@ pub fn member(program: &Program, v: &MemberView) -> pb::Member {
             })
             .collect(),
     }
-}
-
-/// The tier a window reaches, for explanations.
-pub fn qualified_code(program: &Program, window: Window) -> String {
-    program.tiers[tiers::qualified_tier(program, window)]
-        .code
-        .clone()
 }
 
 /// A ledger entry on the wire.
