@@ -1,0 +1,193 @@
+//! Who may receive a coupon, how long it is good for, and whether it can
+//! be used at a checkout: the template's rules as pure functions.
+
+/// Microseconds in a day.
+pub const DAY_MICROS: i64 = 86_400_000_000;
+
+/// When an issued coupon can be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Validity {
+    /// A fixed window, µs.
+    Window {
+        /// First moment it can be used.
+        from: i64,
+        /// Last moment it can be used (exclusive).
+        until: i64,
+    },
+    /// From the moment of issue for this many days.
+    DaysAfterIssue(i32),
+}
+
+impl Validity {
+    /// The window of a coupon issued at `issued_at`: (from, until).
+    pub fn window(self, issued_at: i64) -> (i64, i64) {
+        match self {
+            Validity::Window { from, until } => (from, until),
+            Validity::DaysAfterIssue(days) => (issued_at, issued_at + i64::from(days) * DAY_MICROS),
+        }
+    }
+}
+
+/// Who a template may be issued to.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Audience {
+    /// Only buyers with no paid order yet.
+    pub new_buyers_only: bool,
+    /// Only buyers with at least one paid order.
+    pub returning_buyers_only: bool,
+    /// The lowest member tier (by rank, 0 = base), when set.
+    pub min_tier_rank: Option<u32>,
+}
+
+/// What is known of a buyer when a coupon is issued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Buyer {
+    /// Paid orders so far.
+    pub paid_orders: i64,
+    /// Member tier rank (0 = base).
+    pub tier_rank: u32,
+    /// Coupons of this template the buyer already holds or used.
+    pub held_of_template: i64,
+}
+
+/// Why a coupon cannot be issued to a buyer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotEligible {
+    /// For new buyers only, and this buyer has paid before.
+    NotNewBuyer,
+    /// For returning buyers only, and this buyer has not paid yet.
+    NotReturningBuyer,
+    /// The buyer's tier is below the template's minimum.
+    TierTooLow,
+    /// The buyer already has as many as the per-customer limit allows.
+    LimitReached,
+}
+
+/// Whether `buyer` may receive one more coupon of a template for
+/// `audience` with `per_customer_limit` (0: no limit).
+pub fn eligible(
+    audience: &Audience,
+    per_customer_limit: i64,
+    buyer: Buyer,
+) -> Result<(), NotEligible> {
+    if audience.new_buyers_only && buyer.paid_orders > 0 {
+        return Err(NotEligible::NotNewBuyer);
+    }
+    if audience.returning_buyers_only && buyer.paid_orders == 0 {
+        return Err(NotEligible::NotReturningBuyer);
+    }
+    if audience
+        .min_tier_rank
+        .is_some_and(|min| buyer.tier_rank < min)
+    {
+        return Err(NotEligible::TierTooLow);
+    }
+    if per_customer_limit > 0 && buyer.held_of_template >= per_customer_limit {
+        return Err(NotEligible::LimitReached);
+    }
+    Ok(())
+}
+
+/// Where an issued coupon stands at a moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usable {
+    /// It can be used now.
+    Yes,
+    /// Its window has not opened yet.
+    NotYet,
+    /// Its window has closed.
+    Expired,
+}
+
+/// Whether a coupon valid in (`from`, `until`) can be used at `now`.
+pub fn usable(from: i64, until: i64, now: i64) -> Usable {
+    if now < from {
+        Usable::NotYet
+    } else if now >= until {
+        Usable::Expired
+    } else {
+        Usable::Yes
+    }
+}
+
+/// Whether a coupon expiring at `until` should get its "expires soon"
+/// reminder at `now`, `days` ahead.
+pub fn expiring_soon(until: i64, now: i64, days: i32) -> bool {
+    now < until && until - now <= i64::from(days) * DAY_MICROS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn buyer(paid_orders: i64, tier_rank: u32, held: i64) -> Buyer {
+        Buyer {
+            paid_orders,
+            tier_rank,
+            held_of_template: held,
+        }
+    }
+
+    #[test]
+    fn audiences_and_limits() {
+        let new_only = Audience {
+            new_buyers_only: true,
+            ..Audience::default()
+        };
+        assert_eq!(eligible(&new_only, 0, buyer(0, 0, 0)), Ok(()));
+        assert_eq!(
+            eligible(&new_only, 0, buyer(1, 0, 0)),
+            Err(NotEligible::NotNewBuyer)
+        );
+        let gold_returning = Audience {
+            returning_buyers_only: true,
+            min_tier_rank: Some(2),
+            ..Audience::default()
+        };
+        assert_eq!(
+            eligible(&gold_returning, 1, buyer(0, 3, 0)),
+            Err(NotEligible::NotReturningBuyer)
+        );
+        assert_eq!(
+            eligible(&gold_returning, 1, buyer(2, 1, 0)),
+            Err(NotEligible::TierTooLow)
+        );
+        assert_eq!(eligible(&gold_returning, 1, buyer(2, 2, 0)), Ok(()));
+        assert_eq!(
+            eligible(&gold_returning, 1, buyer(2, 2, 1)),
+            Err(NotEligible::LimitReached)
+        );
+    }
+
+    #[test]
+    fn validity_windows() {
+        let issued = 1_000 * DAY_MICROS;
+        let (from, until) = Validity::DaysAfterIssue(7).window(issued);
+        assert_eq!((from, until), (issued, issued + 7 * DAY_MICROS));
+        assert_eq!(usable(from, until, issued), Usable::Yes);
+        assert_eq!(usable(from, until, until), Usable::Expired);
+        assert_eq!(usable(from, until, from - 1), Usable::NotYet);
+        assert!(expiring_soon(until, until - 3 * DAY_MICROS, 3));
+        assert!(!expiring_soon(until, until - 3 * DAY_MICROS - 1, 3));
+        assert!(!expiring_soon(until, until, 3));
+    }
+
+    proptest! {
+        /// A coupon is usable exactly inside its window, and a per-customer
+        /// limit of n lets exactly n coupons through.
+        #[test]
+        fn windows_and_limits_hold(
+            from in 0i64..1_000_000, len in 1i64..1_000_000, now in -10i64..3_000_000,
+            limit in 1i64..10,
+        ) {
+            let until = from + len;
+            let u = usable(from, until, now);
+            prop_assert_eq!(u == Usable::Yes, from <= now && now < until);
+            let passed = (0..20)
+                .filter(|held| eligible(&Audience::default(), limit, buyer(1, 0, *held)).is_ok())
+                .count() as i64;
+            prop_assert_eq!(passed, limit);
+        }
+    }
+}
