@@ -251,6 +251,81 @@ fn non_null(value: Value, col: Col) -> Result<Value, StorageError> {
     })
 }
 
+/// The statement for `sql` with its `{keys}` marker replaced by "is one of
+/// `keys`": one array parameter on PostgreSQL, a list on SQLite (for a
+/// chunk of at most 500 keys).
+fn keyed_statement(
+    backend: sea_orm::DbBackend,
+    sql: &str,
+    mut values: Vec<Value>,
+    keys: &[String],
+) -> sea_orm::Statement {
+    let next = values.len() + 1;
+    let condition = if backend == sea_orm::DbBackend::Postgres {
+        let items: Vec<Value> = keys.iter().map(|k| k.clone().into()).collect();
+        values.push(Value::Array(ArrayType::String, Some(Box::new(items))));
+        // A semi-join on the unnested array: planned as index lookups, where
+        // a long list is planned as a scan while statistics say "small".
+        format!("IN (SELECT unnest(${next}::text[]))")
+    } else {
+        let marks: Vec<String> = (0..keys.len()).map(|i| format!("${}", next + i)).collect();
+        values.extend(keys.iter().map(|k| Value::from(k.clone())));
+        format!("IN ({})", marks.join(", "))
+    };
+    let sql = sql.replace("{keys}", &condition);
+    let sql = if backend == sea_orm::DbBackend::Postgres {
+        sql
+    } else {
+        crate::db::to_sqlite_placeholders(&sql)
+    };
+    sea_orm::Statement::from_sql_and_values(backend, sql, values)
+}
+
+/// Chunks of keys per statement: all at once on PostgreSQL, 500 on SQLite.
+fn key_chunks(backend: sea_orm::DbBackend, keys: &[String]) -> Vec<&[String]> {
+    if keys.is_empty() {
+        Vec::new()
+    } else if backend == sea_orm::DbBackend::Postgres {
+        vec![keys]
+    } else {
+        keys.chunks(500).collect()
+    }
+}
+
+/// Runs the query `sql`, written with `$n` parameters for `values` and a
+/// `{keys}` marker where a column must be one of `keys`
+/// (`… AND customer_id {keys} …`). Nothing to look up, nothing returned.
+pub async fn query_with_keys<C: sea_orm::ConnectionTrait>(
+    conn: &C,
+    sql: &str,
+    values: Vec<Value>,
+    keys: &[String],
+) -> Result<Vec<sea_orm::QueryResult>, StorageError> {
+    let backend = conn.get_database_backend();
+    let mut rows = Vec::new();
+    for chunk in key_chunks(backend, keys) {
+        let stmt = keyed_statement(backend, sql, values.clone(), chunk);
+        rows.extend(conn.query_all_raw(stmt).await?);
+    }
+    Ok(rows)
+}
+
+/// Runs the statement `sql` as [`query_with_keys`] does; rows affected.
+pub async fn execute_with_keys<C: sea_orm::ConnectionTrait>(
+    conn: &C,
+    sql: &str,
+    values: Vec<Value>,
+    keys: &[String],
+) -> Result<u64, StorageError> {
+    let backend = conn.get_database_backend();
+    let mut affected = 0;
+    for chunk in key_chunks(backend, keys) {
+        let stmt = keyed_statement(backend, sql, values.clone(), chunk);
+        affected += conn.execute_raw(stmt).await?.rows_affected();
+    }
+    Ok(affected)
+}
+
 /// The rows of `table` in `shop_id` whose `key_column` is one of `keys`,
 /// as `columns` (a select list), locked for update when `lock`.
 ///

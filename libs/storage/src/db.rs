@@ -225,7 +225,7 @@ impl Database {
 }
 
 /// Rewrites `$1`, `$2`, ... into `?1`, `?2`, ... (SQLite's numbered form).
-fn to_sqlite_placeholders(sql: &str) -> String {
+pub(crate) fn to_sqlite_placeholders(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len());
     let bytes = sql.as_bytes();
     let mut i = 0;

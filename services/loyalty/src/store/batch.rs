@@ -25,7 +25,7 @@ use super::{Store, new_id};
 use crate::domain::days;
 use crate::domain::ledger;
 use crate::domain::program::Program;
-use crate::domain::tiers::{Standing, Window};
+use crate::domain::tiers::Standing;
 use crate::error::LoyaltyError;
 
 /// One event of a run.
@@ -115,13 +115,6 @@ const ORDER_COLUMNS: [(&str, Col); 9] = [
     ("earned_points", Col::BigInt),
     ("lot_id", Col::Text),
 ];
-
-#[derive(FromQueryResult)]
-struct WindowRow {
-    customer_id: String,
-    spend: Option<i64>,
-    orders: Option<i64>,
-}
 
 #[derive(FromQueryResult)]
 struct KnownOrder {
@@ -262,76 +255,6 @@ impl Store {
         Ok(members)
     }
 
-    /// The qualification windows of `customers` ending at `now`.
-    pub async fn windows(
-        &self,
-        tx: &WriteTx,
-        program: &Program,
-        shop_id: &str,
-        customers: &[String],
-        now: i64,
-    ) -> Result<HashMap<String, Window>, LoyaltyError> {
-        let from = now - days(program.qualification_window_days);
-        let select = "SELECT o.customer_id AS customer_id,
-                CAST(SUM(o.paid_fen - o.refunded_fen) AS BIGINT) AS spend,
-                CAST(SUM(CASE WHEN o.refunded_fen < o.paid_fen THEN 1 ELSE 0 END) AS BIGINT) AS orders
-             FROM member_orders o";
-        let mut rows = Vec::new();
-        if self.db.is_postgres() {
-            let keys: Vec<Value> = customers.iter().map(|c| c.clone().into()).collect();
-            rows = tx
-                .query_all(
-                    &format!(
-                        "{select} JOIN unnest($2::text[]) AS w(k) ON o.shop_id = $1 AND o.customer_id = w.k
-                         WHERE o.paid_at > $3 GROUP BY o.customer_id"
-                    ),
-                    vec![
-                        shop_id.into(),
-                        Value::Array(
-                            sea_orm::sea_query::ArrayType::String,
-                            Some(Box::new(keys)),
-                        ),
-                        from.into(),
-                    ],
-                )
-                .await?;
-        } else {
-            for chunk in customers.chunks(500) {
-                let mut values: Vec<Value> = vec![shop_id.into(), from.into()];
-                let marks: Vec<String> = chunk
-                    .iter()
-                    .map(|c| {
-                        values.push(c.clone().into());
-                        format!("${}", values.len())
-                    })
-                    .collect();
-                rows.extend(
-                    tx.query_all(
-                        &format!(
-                            "{select} WHERE o.shop_id = $1 AND o.paid_at > $2 AND o.customer_id IN ({})
-                             GROUP BY o.customer_id",
-                            marks.join(", ")
-                        ),
-                        values,
-                    )
-                    .await?,
-                );
-            }
-        }
-        let mut out = HashMap::new();
-        for r in &rows {
-            let w = WindowRow::from_query_result(r, "")?;
-            out.insert(
-                w.customer_id,
-                Window {
-                    spend_fen: w.spend.unwrap_or(0).max(0),
-                    order_count: w.orders.unwrap_or(0),
-                },
-            );
-        }
-        Ok(out)
-    }
-
     /// Applies a run of arrivals for one shop, in order, as one would one
     /// at a time.
     pub async fn apply_arrivals(
@@ -431,7 +354,7 @@ impl Store {
         let mut windows = if paying.is_empty() {
             HashMap::new()
         } else {
-            self.windows(tx, &program, shop_id, &paying, now).await?
+            self.windows(&**tx, &program, shop_id, &paying, now).await?
         };
 
         let window_from = now - days(program.qualification_window_days);

@@ -4,7 +4,7 @@
 use huitou_proto::events::v1::RewardExchanged;
 use huitou_proto::events::v1::event_envelope::Payload;
 use huitou_proto::loyalty::v1::{EntryKind, RewardKind};
-use huitou_storage::{WriteTx, now_micros, outbox};
+use huitou_storage::{WriteTx, bulk, now_micros, outbox};
 use sea_orm::{ConnectionTrait, FromQueryResult, Statement, Value};
 
 use super::members::{EntryRow, MemberRow};
@@ -94,23 +94,14 @@ impl Store {
         shop_id: &str,
         skus: &[String],
     ) -> Result<Vec<PriceRow>, LoyaltyError> {
-        if skus.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut values: Vec<Value> = vec![shop_id.into()];
-        let marks: Vec<String> = skus
-            .iter()
-            .map(|s| {
-                values.push(s.clone().into());
-                format!("${}", values.len())
-            })
-            .collect();
-        let sql = format!(
+        let rows = bulk::query_with_keys(
+            self.db.conn(),
             "SELECT sku, price_fen, returning_only, label, min_tier_code FROM member_prices
-             WHERE shop_id = $1 AND sku IN ({})",
-            marks.join(", ")
-        );
-        let rows = self.read(&sql, values).await?;
+             WHERE shop_id = $1 AND sku {keys}",
+            vec![shop_id.into()],
+            skus,
+        )
+        .await?;
         Ok(rows
             .iter()
             .map(|r| PriceRow::from_query_result(r, ""))

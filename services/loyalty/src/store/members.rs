@@ -1,11 +1,13 @@
 //! Members: the row every change locks, their lots and ledger entries, the
 //! qualification window, and tier changes.
 
+use std::collections::HashMap;
+
 use huitou_proto::events::v1::event_envelope::Payload;
 use huitou_proto::events::v1::{TierChanged, TierWillDrop};
 use huitou_proto::timestamp_from_micros;
 use huitou_storage::bulk::{self, Col};
-use huitou_storage::{WriteTx, now_micros, outbox};
+use huitou_storage::{WriteTx, now_micros};
 use sea_orm::{ConnectionTrait, FromQueryResult, Statement, Value};
 
 use super::{Store, event, new_id};
@@ -146,6 +148,7 @@ struct LotRow {
 
 #[derive(FromQueryResult)]
 struct WindowRow {
+    customer_id: String,
     spend: Option<i64>,
     orders: Option<i64>,
 }
@@ -176,36 +179,6 @@ impl Store {
             .await?
             .ok_or(LoyaltyError::MemberNotFound)?;
         Ok(MemberRow::from_query_result(&row, "")?)
-    }
-
-    /// Makes sure a member row exists for `customer_id` and locks it.
-    pub async fn ensure_member(
-        &self,
-        tx: &WriteTx,
-        program: &Program,
-        shop_id: &str,
-        customer_id: &str,
-        buyer_nick: &str,
-        since: i64,
-    ) -> Result<MemberRow, LoyaltyError> {
-        let standing = Standing::new_member(program, since);
-        let now = now_micros();
-        tx.execute(
-            "INSERT INTO members (shop_id, customer_id, buyer_nick, tier_code, tier_since, requalify_at, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (shop_id, customer_id) DO NOTHING",
-            vec![
-                shop_id.into(),
-                customer_id.into(),
-                buyer_nick.into(),
-                program.tiers[0].code.clone().into(),
-                standing.since.into(),
-                standing.requalify_at.into(),
-                now.into(),
-            ],
-        )
-        .await?;
-        self.find_member(&**tx, shop_id, &MemberKey::Id(customer_id.into()), true)
-            .await
     }
 
     /// Writes the member's mutable columns; once committed, the checkout
@@ -268,37 +241,42 @@ impl Store {
             .collect()
     }
 
-    /// The member's qualification window ending at `now`: paid spend net of
-    /// refunds and orders not fully refunded.
-    pub async fn window(
+    /// The qualification windows of `customers` ending at `now`: paid
+    /// spend net of refunds, and orders not fully refunded. Members with no
+    /// order in the window are absent.
+    pub async fn windows(
         &self,
         conn: &impl ConnectionTrait,
         program: &Program,
         shop_id: &str,
-        customer_id: &str,
+        customers: &[String],
         now: i64,
-    ) -> Result<Window, LoyaltyError> {
+    ) -> Result<HashMap<String, Window>, LoyaltyError> {
         let from = now - days(program.qualification_window_days);
-        let row = conn
-            .query_one_raw(self.stmt(
-                // PostgreSQL sums BIGINT as NUMERIC: cast back.
-                "SELECT CAST(SUM(paid_fen - refunded_fen) AS BIGINT) AS spend,
-                        CAST(SUM(CASE WHEN refunded_fen < paid_fen THEN 1 ELSE 0 END) AS BIGINT) AS orders
-                 FROM member_orders WHERE shop_id = $1 AND customer_id = $2 AND paid_at > $3",
-                vec![shop_id.into(), customer_id.into(), from.into()],
-            ))
-            .await?;
-        let w = match row {
-            Some(r) => WindowRow::from_query_result(&r, "")?,
-            None => WindowRow {
-                spend: None,
-                orders: None,
-            },
-        };
-        Ok(Window {
-            spend_fen: w.spend.unwrap_or(0).max(0),
-            order_count: w.orders.unwrap_or(0),
-        })
+        let rows = bulk::query_with_keys(
+            conn,
+            // PostgreSQL sums BIGINT as NUMERIC: cast back.
+            "SELECT customer_id,
+                    CAST(SUM(paid_fen - refunded_fen) AS BIGINT) AS spend,
+                    CAST(SUM(CASE WHEN refunded_fen < paid_fen THEN 1 ELSE 0 END) AS BIGINT) AS orders
+             FROM member_orders WHERE shop_id = $1 AND paid_at > $2 AND customer_id {keys}
+             GROUP BY customer_id",
+            vec![shop_id.into(), from.into()],
+            customers,
+        )
+        .await?;
+        let mut out = HashMap::new();
+        for r in &rows {
+            let w = WindowRow::from_query_result(r, "")?;
+            out.insert(
+                w.customer_id,
+                Window {
+                    spend_fen: w.spend.unwrap_or(0).max(0),
+                    order_count: w.orders.unwrap_or(0),
+                },
+            );
+        }
+        Ok(out)
     }
 
     /// The member with lots and window, read at `now`.
@@ -311,8 +289,16 @@ impl Store {
     ) -> Result<MemberView, LoyaltyError> {
         let lots = self.lots(conn, &row.shop_id, &row.customer_id).await?;
         let window = self
-            .window(conn, program, &row.shop_id, &row.customer_id, now)
-            .await?;
+            .windows(
+                conn,
+                program,
+                &row.shop_id,
+                std::slice::from_ref(&row.customer_id),
+                now,
+            )
+            .await?
+            .remove(&row.customer_id)
+            .unwrap_or_default();
         Ok(MemberView {
             row,
             lots,
@@ -397,33 +383,6 @@ impl Store {
             expire_at: entry.expire_at,
             created_at: now,
         })
-    }
-
-    /// Evaluates the locked `member`'s tier at `now` and records what
-    /// changes (the row is updated in memory; the caller saves it).
-    pub async fn evaluate_tier(
-        &self,
-        tx: &WriteTx,
-        program: &Program,
-        member: &mut MemberRow,
-        now: i64,
-    ) -> Result<Decision, LoyaltyError> {
-        let window = self
-            .window(&**tx, program, &member.shop_id, &member.customer_id, now)
-            .await?;
-        let step = tier_step(program, member, window, now);
-        if let Some(change) = &step.change {
-            bulk::insert(
-                tx,
-                "tier_changes",
-                &TIER_CHANGE_COLUMNS,
-                vec![change.clone()],
-                "",
-            )
-            .await?;
-        }
-        outbox::append_many(tx, step.events).await?;
-        Ok(step.decision)
     }
 
     /// A member's ledger entries, newest first, before `before`.

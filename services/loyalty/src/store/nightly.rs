@@ -180,7 +180,8 @@ impl Store {
         let windows = if tier_due.is_empty() {
             HashMap::new()
         } else {
-            self.windows(tx, program, shop_id, &tier_due, now).await?
+            self.windows(&**tx, program, shop_id, &tier_due, now)
+                .await?
         };
         let horizon = now + days(program.expiry_warning_days);
         let lots = self
@@ -291,52 +292,15 @@ impl Store {
         from: Option<i64>,
         to: i64,
     ) -> Result<Vec<DueLot>, LoyaltyError> {
-        let select = "SELECT l.customer_id AS customer_id, l.id AS id, l.remaining AS remaining,
-                l.expire_at AS expire_at FROM point_lots l";
-        let lower = from.unwrap_or(i64::MIN);
-        let mut rows = Vec::new();
-        if self.db.is_postgres() {
-            let keys: Vec<Value> = customers.iter().map(|c| c.clone().into()).collect();
-            rows = tx
-                .query_all(
-                    &format!(
-                        "{select} JOIN unnest($2::text[]) AS w(k) ON l.shop_id = $1 AND l.customer_id = w.k
-                         WHERE l.remaining > 0 AND l.expire_at > $3 AND l.expire_at <= $4"
-                    ),
-                    vec![
-                        shop_id.into(),
-                        Value::Array(
-                            sea_orm::sea_query::ArrayType::String,
-                            Some(Box::new(keys)),
-                        ),
-                        lower.into(),
-                        to.into(),
-                    ],
-                )
-                .await?;
-        } else {
-            for chunk in customers.chunks(500) {
-                let mut values: Vec<Value> = vec![shop_id.into(), lower.into(), to.into()];
-                let marks: Vec<String> = chunk
-                    .iter()
-                    .map(|c| {
-                        values.push(c.clone().into());
-                        format!("${}", values.len())
-                    })
-                    .collect();
-                rows.extend(
-                    tx.query_all(
-                        &format!(
-                            "{select} WHERE l.shop_id = $1 AND l.remaining > 0 AND l.expire_at > $2
-                               AND l.expire_at <= $3 AND l.customer_id IN ({})",
-                            marks.join(", ")
-                        ),
-                        values,
-                    )
-                    .await?,
-                );
-            }
-        }
+        let rows = bulk::query_with_keys(
+            &**tx,
+            "SELECT customer_id, id, remaining, expire_at FROM point_lots
+             WHERE shop_id = $1 AND remaining > 0 AND expire_at > $2 AND expire_at <= $3
+               AND customer_id {keys}",
+            vec![shop_id.into(), from.unwrap_or(i64::MIN).into(), to.into()],
+            customers,
+        )
+        .await?;
         Ok(rows
             .iter()
             .map(|r| DueLot::from_query_result(r, ""))
@@ -350,39 +314,13 @@ impl Store {
         shop_id: &str,
         ids: &[String],
     ) -> Result<(), LoyaltyError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        if self.db.is_postgres() {
-            let keys: Vec<Value> = ids.iter().map(|c| c.clone().into()).collect();
-            tx.execute(
-                "UPDATE point_lots SET remaining = 0 WHERE shop_id = $1 AND id = ANY($2::text[])",
-                vec![
-                    shop_id.into(),
-                    Value::Array(sea_orm::sea_query::ArrayType::String, Some(Box::new(keys))),
-                ],
-            )
-            .await?;
-            return Ok(());
-        }
-        for chunk in ids.chunks(500) {
-            let mut values: Vec<Value> = vec![shop_id.into()];
-            let marks: Vec<String> = chunk
-                .iter()
-                .map(|c| {
-                    values.push(c.clone().into());
-                    format!("${}", values.len())
-                })
-                .collect();
-            tx.execute(
-                &format!(
-                    "UPDATE point_lots SET remaining = 0 WHERE shop_id = $1 AND id IN ({})",
-                    marks.join(", ")
-                ),
-                values,
-            )
-            .await?;
-        }
+        bulk::execute_with_keys(
+            &**tx,
+            "UPDATE point_lots SET remaining = 0 WHERE shop_id = $1 AND id {keys}",
+            vec![shop_id.into()],
+            ids,
+        )
+        .await?;
         Ok(())
     }
 }
