@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use huitou_proto::events::v1::event_consumer_service_client::EventConsumerServiceClient;
+use huitou_proto::events::v1::event_envelope::Payload;
 use huitou_proto::events::v1::{DeliverEventsRequest, EventEnvelope};
 use huitou_runtime::client::{InternalCredential, channel, for_shop};
 use huitou_runtime::telemetry;
@@ -139,6 +140,20 @@ impl Outbox {
     /// Tells the relay there is something new (call after commit).
     pub fn notify(&self) {
         self.wake.notify_one();
+    }
+}
+
+/// A new event of `source` (the service's name) for `shop_id`, occurring
+/// now; its trace context is filled in when it is stored.
+pub fn event(source: &str, shop_id: &str, payload: Payload) -> EventEnvelope {
+    EventEnvelope {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        shop_id: shop_id.to_owned(),
+        occur_time: Some(huitou_proto::timestamp_from_micros(now_micros())),
+        source_service: source.to_owned(),
+        traceparent: String::new(),
+        tracestate: String::new(),
+        payload: Some(payload),
     }
 }
 

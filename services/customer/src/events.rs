@@ -7,25 +7,15 @@ use huitou_proto::events::v1::{
     OrderSnapshot,
 };
 use huitou_proto::timestamp_from_micros;
-use huitou_storage::now_micros;
 
 use crate::domain::customer::{Customer, channel_name};
 use crate::domain::order::{Change, Order};
-use crate::store::new_id;
 
 /// The name this service signs its events with.
 pub const SOURCE: &str = "customer";
 
 fn envelope(shop_id: &str, payload: Payload) -> EventEnvelope {
-    EventEnvelope {
-        event_id: new_id(),
-        shop_id: shop_id.to_owned(),
-        occur_time: Some(timestamp_from_micros(now_micros())),
-        source_service: SOURCE.into(),
-        traceparent: String::new(),
-        tracestate: String::new(),
-        payload: Some(payload),
-    }
+    huitou_storage::outbox::event(SOURCE, shop_id, payload)
 }
 
 /// The snapshot every order event carries.

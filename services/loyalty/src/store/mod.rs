@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use huitou_proto::events::v1::EventEnvelope;
 use huitou_proto::events::v1::event_envelope::Payload;
-use huitou_proto::timestamp_from_micros;
 use huitou_runtime::auth::BoxFuture;
 use huitou_storage::idempotency::IdempotencyKey;
 use huitou_storage::outbox::Outbox;
@@ -227,13 +226,5 @@ pub fn new_id() -> String {
 
 /// An event of this service for `shop_id`.
 pub fn event(shop_id: &str, payload: Payload) -> EventEnvelope {
-    EventEnvelope {
-        event_id: new_id(),
-        shop_id: shop_id.to_owned(),
-        occur_time: Some(timestamp_from_micros(now_micros())),
-        source_service: SOURCE.into(),
-        traceparent: String::new(),
-        tracestate: String::new(),
-        payload: Some(payload),
-    }
+    huitou_storage::outbox::event(SOURCE, shop_id, payload)
 }
