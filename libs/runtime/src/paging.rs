@@ -35,6 +35,23 @@ pub fn encode(last_key: &str, fingerprint: &str) -> String {
     hex(format!("{fingerprint}|{last_key}").as_bytes())
 }
 
+/// Cuts `rows` (fetched as `size + 1` to see whether more follow) to the
+/// page and returns the token of the next page, empty on the last.
+pub fn next_page<T>(
+    rows: &mut Vec<T>,
+    size: usize,
+    fingerprint: &str,
+    key: impl Fn(&T) -> &str,
+) -> String {
+    if rows.len() <= size {
+        return String::new();
+    }
+    rows.truncate(size);
+    rows.last()
+        .map(|r| encode(key(r), fingerprint))
+        .unwrap_or_default()
+}
+
 /// The key to resume after, or `None` for the first page.
 pub fn decode(token: &str, fingerprint: &str) -> Result<Option<String>, Failure> {
     if token.is_empty() {
@@ -76,6 +93,18 @@ mod tests {
         assert!(decode(&token, &fingerprint("tag=other")).is_err());
         assert!(decode("zz", &fp).is_err());
         assert_eq!(decode("", &fp).expect("empty"), None);
+    }
+
+    #[test]
+    fn the_next_page_starts_after_the_last_row_shown() {
+        let fp = fingerprint("x");
+        let mut rows = vec!["a", "b", "c"];
+        let token = next_page(&mut rows, 2, &fp, |r| r);
+        assert_eq!(rows, vec!["a", "b"]);
+        assert_eq!(decode(&token, &fp).expect("token"), Some("b".into()));
+        let mut last = vec!["a", "b"];
+        assert_eq!(next_page(&mut last, 2, &fp, |r| r), "");
+        assert_eq!(last.len(), 2);
     }
 
     #[test]

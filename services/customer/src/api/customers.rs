@@ -227,15 +227,8 @@ impl CustomerService for CustomerApi {
             .store
             .list_customers(&caller.shop_id, &filter, after.as_deref(), size + 1)
             .await?;
-        let next_page_token = if records.len() > size {
-            records.truncate(size);
-            records
-                .last()
-                .map(|r| paging::encode(&r.customer.id, &fingerprint))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token =
+            paging::next_page(&mut records, size, &fingerprint, |r| &r.customer.id);
         Ok(Response::new(pb::ListCustomersResponse {
             customers: records
                 .iter()
@@ -352,15 +345,7 @@ impl CustomerService for CustomerApi {
             .store
             .audit_entries(&caller.shop_id, customer, before.as_deref(), size + 1)
             .await?;
-        let next_page_token = if entries.len() > size {
-            entries.truncate(size);
-            entries
-                .last()
-                .map(|e| paging::encode(&e.id, &fingerprint))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = paging::next_page(&mut entries, size, &fingerprint, |e| &e.id);
         Ok(Response::new(pb::ListAuditEntriesResponse {
             entries: entries.iter().map(convert::audit_entry).collect(),
             next_page_token,
@@ -865,15 +850,7 @@ impl CustomerService for CustomerApi {
                 size + 1,
             )
             .await?;
-        let next_page_token = if orders.len() > size {
-            orders.truncate(size);
-            orders
-                .last()
-                .map(|o| paging::encode(&o.id, &fingerprint))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = paging::next_page(&mut orders, size, &fingerprint, |o| &o.id);
         Ok(Response::new(pb::ListOrdersResponse {
             orders: orders.iter().map(convert::order).collect(),
             next_page_token,

@@ -221,7 +221,7 @@ impl LoyaltyService for LoyaltyApi {
         let member = self.find(&caller.shop_id, &key).await?;
         let fingerprint = paging::fingerprint(&format!("ledger|{}", member.customer_id));
         let before = paging::decode(&req.page_token, &fingerprint)?;
-        let rows = self
+        let mut rows = self
             .store
             .entries(
                 &caller.shop_id,
@@ -230,15 +230,9 @@ impl LoyaltyService for LoyaltyApi {
                 size + 1,
             )
             .await?;
-        let next = (rows.len() > size)
-            .then(|| {
-                rows.get(size - 1)
-                    .map(|e| paging::encode(&e.id, &fingerprint))
-            })
-            .flatten()
-            .unwrap_or_default();
+        let next = paging::next_page(&mut rows, size, &fingerprint, |e| &e.id);
         Ok(Response::new(pb::ListLedgerEntriesResponse {
-            entries: rows.iter().take(size).map(convert::entry).collect(),
+            entries: rows.iter().map(convert::entry).collect(),
             next_page_token: next,
         }))
     }
@@ -256,7 +250,7 @@ impl LoyaltyService for LoyaltyApi {
         let member = self.find(&caller.shop_id, &key).await?;
         let fingerprint = paging::fingerprint(&format!("tiers|{}", member.customer_id));
         let before = paging::decode(&req.page_token, &fingerprint)?;
-        let rows = self
+        let mut rows = self
             .store
             .tier_changes(
                 &caller.shop_id,
@@ -265,15 +259,9 @@ impl LoyaltyService for LoyaltyApi {
                 size + 1,
             )
             .await?;
-        let next = (rows.len() > size)
-            .then(|| {
-                rows.get(size - 1)
-                    .map(|e| paging::encode(&e.id, &fingerprint))
-            })
-            .flatten()
-            .unwrap_or_default();
+        let next = paging::next_page(&mut rows, size, &fingerprint, |e| &e.id);
         Ok(Response::new(pb::ListTierChangesResponse {
-            changes: rows.iter().take(size).map(convert::tier_change).collect(),
+            changes: rows.iter().map(convert::tier_change).collect(),
             next_page_token: next,
         }))
     }
@@ -591,21 +579,14 @@ impl LoyaltyService for LoyaltyApi {
         v.finish()?;
         let fingerprint = paging::fingerprint("prices");
         let after = paging::decode(&req.page_token, &fingerprint)?;
-        let rows = self
+        let mut rows = self
             .store
             .list_prices(&caller.shop_id, after.as_deref(), size + 1)
             .await?;
-        let next = (rows.len() > size)
-            .then(|| {
-                rows.get(size - 1)
-                    .map(|p| paging::encode(&p.sku, &fingerprint))
-            })
-            .flatten()
-            .unwrap_or_default();
+        let next = paging::next_page(&mut rows, size, &fingerprint, |p| &p.sku);
         Ok(Response::new(pb::ListMemberPricesResponse {
             prices: rows
                 .iter()
-                .take(size)
                 .map(|p| pb::MemberPrice {
                     sku: p.sku.clone(),
                     price_fen: p.price_fen,
@@ -724,7 +705,7 @@ impl LoyaltyService for LoyaltyApi {
         v.finish()?;
         let fingerprint = paging::fingerprint(&format!("tasks|{}", req.include_done));
         let after = paging::decode(&req.page_token, &fingerprint)?;
-        let rows = self
+        let mut rows = self
             .store
             .tasks(
                 &caller.shop_id,
@@ -733,15 +714,9 @@ impl LoyaltyService for LoyaltyApi {
                 size + 1,
             )
             .await?;
-        let next = (rows.len() > size)
-            .then(|| {
-                rows.get(size - 1)
-                    .map(|t| paging::encode(&t.id, &fingerprint))
-            })
-            .flatten()
-            .unwrap_or_default();
+        let next = paging::next_page(&mut rows, size, &fingerprint, |t| &t.id);
         Ok(Response::new(pb::ListFulfilmentTasksResponse {
-            tasks: rows.iter().take(size).map(convert::task).collect(),
+            tasks: rows.iter().map(convert::task).collect(),
             next_page_token: next,
         }))
     }

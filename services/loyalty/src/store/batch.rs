@@ -19,7 +19,10 @@ use huitou_storage::{WriteTx, now_micros, outbox};
 use sea_orm::{FromQueryResult, Value};
 
 use super::checkout::Standing as CheckoutStanding;
-use super::members::{MEMBER_COLUMNS, MemberRow, TIER_CHANGE_COLUMNS, tier_step, yuan};
+use super::members::{
+    MEMBER_COLUMNS, MEMBER_UPDATE_COLUMNS, MemberRow, TIER_CHANGE_COLUMNS, tier_step,
+    update_values, yuan,
+};
 use super::points::{EVENT_ACTOR, local_day};
 use super::{Store, new_id};
 use crate::domain::days;
@@ -59,23 +62,6 @@ const NEW_MEMBER_COLUMNS: [(&str, Col); 8] = [
     ("tier_since", Col::BigInt),
     ("requalify_at", Col::BigInt),
     ("created_at", Col::BigInt),
-    ("updated_at", Col::BigInt),
-];
-
-const MEMBER_UPDATE_COLUMNS: [(&str, Col); 14] = [
-    ("shop_id", Col::Text),
-    ("customer_id", Col::Text),
-    ("buyer_nick", Col::Text),
-    ("birthday_month", Col::Int),
-    ("tier_code", Col::Text),
-    ("tier_since", Col::BigInt),
-    ("requalify_at", Col::BigInt),
-    ("drop_to", Col::Text),
-    ("drop_at", Col::BigInt),
-    ("balance", Col::BigInt),
-    ("paid_order_count", Col::BigInt),
-    ("last_check_in_day", Col::Int),
-    ("expiry_warned_until", Col::BigInt),
     ("updated_at", Col::BigInt),
 ];
 
@@ -200,22 +186,7 @@ impl Store {
         let mut rows = Vec::with_capacity(members.len());
         for mut m in members {
             m.updated_at = now.max(m.updated_at + 1);
-            rows.push(vec![
-                m.shop_id.clone().into(),
-                m.customer_id.clone().into(),
-                m.buyer_nick.clone().into(),
-                m.birthday_month.into(),
-                m.tier_code.clone().into(),
-                m.tier_since.into(),
-                m.requalify_at.into(),
-                m.drop_to.clone().into(),
-                m.drop_at.into(),
-                m.balance.into(),
-                m.paid_order_count.into(),
-                m.last_check_in_day.into(),
-                m.expiry_warned_until.into(),
-                m.updated_at.into(),
-            ]);
+            rows.push(update_values(&m));
             if before.get(&m.customer_id) != Some(&CheckoutStanding::from(&m)) {
                 saved.push(m);
             }

@@ -17,6 +17,44 @@ use crate::domain::program::Program;
 use crate::domain::tiers::{self, Decision, Standing, Window};
 use crate::error::LoyaltyError;
 
+/// The columns a member update writes: the key, then every mutable one.
+pub(crate) const MEMBER_UPDATE_COLUMNS: [(&str, Col); 14] = [
+    ("shop_id", Col::Text),
+    ("customer_id", Col::Text),
+    ("buyer_nick", Col::Text),
+    ("birthday_month", Col::Int),
+    ("tier_code", Col::Text),
+    ("tier_since", Col::BigInt),
+    ("requalify_at", Col::BigInt),
+    ("drop_to", Col::Text),
+    ("drop_at", Col::BigInt),
+    ("balance", Col::BigInt),
+    ("paid_order_count", Col::BigInt),
+    ("last_check_in_day", Col::Int),
+    ("expiry_warned_until", Col::BigInt),
+    ("updated_at", Col::BigInt),
+];
+
+/// A member's values in [`MEMBER_UPDATE_COLUMNS`] order.
+pub(crate) fn update_values(m: &MemberRow) -> Vec<Value> {
+    vec![
+        m.shop_id.clone().into(),
+        m.customer_id.clone().into(),
+        m.buyer_nick.clone().into(),
+        m.birthday_month.into(),
+        m.tier_code.clone().into(),
+        m.tier_since.into(),
+        m.requalify_at.into(),
+        m.drop_to.clone().into(),
+        m.drop_at.into(),
+        m.balance.into(),
+        m.paid_order_count.into(),
+        m.last_check_in_day.into(),
+        m.expiry_warned_until.into(),
+        m.updated_at.into(),
+    ]
+}
+
 /// A member row.
 #[derive(Debug, Clone, PartialEq, Eq, FromQueryResult)]
 pub struct MemberRow {
@@ -186,27 +224,12 @@ impl Store {
     pub async fn save_member(&self, tx: &WriteTx, m: &mut MemberRow) -> Result<(), LoyaltyError> {
         // Versions must grow even within one microsecond.
         m.updated_at = now_micros().max(m.updated_at + 1);
-        tx.execute(
-            "UPDATE members SET buyer_nick = $3, birthday_month = $4, tier_code = $5, tier_since = $6,
-                requalify_at = $7, drop_to = $8, drop_at = $9, balance = $10, paid_order_count = $11,
-                last_check_in_day = $12, expiry_warned_until = $13, updated_at = $14
-             WHERE shop_id = $1 AND customer_id = $2",
-            vec![
-                m.shop_id.clone().into(),
-                m.customer_id.clone().into(),
-                m.buyer_nick.clone().into(),
-                m.birthday_month.into(),
-                m.tier_code.clone().into(),
-                m.tier_since.into(),
-                m.requalify_at.into(),
-                m.drop_to.clone().into(),
-                m.drop_at.into(),
-                m.balance.into(),
-                m.paid_order_count.into(),
-                m.last_check_in_day.into(),
-                m.expiry_warned_until.into(),
-                m.updated_at.into(),
-            ],
+        bulk::update(
+            tx,
+            "members",
+            &MEMBER_UPDATE_COLUMNS,
+            2,
+            vec![update_values(m)],
         )
         .await?;
         let (cache, row) = (self.checkout.clone(), m.clone());
