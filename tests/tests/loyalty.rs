@@ -588,3 +588,196 @@ async fn a_redelivered_batch_changes_nothing_and_a_mixed_one_applies_only_the_ne
     let _ = &mut inbox;
     suite.stop().await;
 }
+
+#[tokio::test]
+async fn check_ins_referrals_rewards_and_gift_tasks() {
+    let suite = TestSuite::start("loyalty-extras").await;
+    let mut orders = suite.customers(&suite.shop.storefront);
+    let mut ops = suite.loyalty(&suite.shop.operator);
+    let mut front = suite.loyalty(&suite.shop.storefront);
+    immediate_program(&mut ops).await;
+    for who in ["tb_ref", "tb_friend"] {
+        orders
+            .upsert_customer(cpb::UpsertCustomerRequest {
+                buyer_nick: who.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("customer");
+    }
+    let referrer = member_when(&mut front, "tb_ref", |_| true).await;
+    let friend = member_when(&mut front, "tb_friend", |_| true).await;
+
+    // The daily check-in pays once per day.
+    let first = front
+        .check_in(pb::CheckInRequest {
+            buyer_nick: "tb_ref".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("check in")
+        .into_inner();
+    assert_eq!((first.points, first.already_checked_in), (5, false));
+    let again = front
+        .check_in(pb::CheckInRequest {
+            buyer_nick: "tb_ref".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("check in")
+        .into_inner();
+    assert_eq!((again.points, again.already_checked_in), (0, true));
+    assert_eq!(again.member.expect("member").balance_points, 5);
+
+    // A referral pays once the friend has paid, and once per friend.
+    let referral = || pb::RecordReferralRequest {
+        referrer_customer_id: referrer.customer_id.clone(),
+        friend_customer_id: friend.customer_id.clone(),
+        ..Default::default()
+    };
+    let err = front
+        .record_referral(referral())
+        .await
+        .expect_err("friend has not paid");
+    assert_eq!(reason(&err), "FRIEND_HAS_NOT_PAID");
+    orders
+        .record_order(paid_order("F1", "tb_friend", "SKU-1", 5_000))
+        .await
+        .expect("order");
+    member_when(&mut front, "tb_friend", |m| m.paid_order_count == 1).await;
+    let paid = front.record_referral(referral()).await.expect("referral");
+    assert_eq!(paid.into_inner().points, 100);
+    let twice = front.record_referral(referral()).await.expect("referral");
+    assert_eq!(twice.into_inner().points, 0);
+    let err = front
+        .record_referral(pb::RecordReferralRequest {
+            friend_customer_id: referrer.customer_id.clone(),
+            ..referral()
+        })
+        .await
+        .expect_err("self");
+    assert_eq!(bad_fields(&err), vec!["friend_customer_id"]);
+
+    // Rewards are checked, and a gift's task is completed once.
+    let err = ops
+        .upsert_reward(pb::UpsertRewardRequest {
+            reward: Some(pb::Reward {
+                code: "card".into(),
+                name: "包邮卡".into(),
+                kind: pb::RewardKind::FreeShippingCard as i32,
+                points_cost: 0,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect_err("bad reward");
+    assert_eq!(
+        bad_fields(&err),
+        vec![
+            "reward.code",
+            "reward.points_cost",
+            "reward.free_shipping_orders"
+        ]
+    );
+    ops.upsert_reward(pb::UpsertRewardRequest {
+        reward: Some(pb::Reward {
+            code: "TOTE".into(),
+            name: "帆布袋".into(),
+            kind: pb::RewardKind::Gift as i32,
+            points_cost: 50,
+            stock: Some(1),
+            active: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("reward");
+    let exchange = |id: &str| pb::ExchangeRewardRequest {
+        request_id: id.into(),
+        buyer_nick: "tb_ref".into(),
+        reward_code: "TOTE".into(),
+        ..Default::default()
+    };
+    let got = front
+        .exchange_reward(exchange("tote-0001"))
+        .await
+        .expect("exchange")
+        .into_inner();
+    assert_eq!(got.member.expect("member").balance_points, 5 + 100 - 50);
+    let err = front
+        .exchange_reward(exchange("tote-0002"))
+        .await
+        .expect_err("out of stock");
+    assert_eq!(reason(&err), "REWARD_OUT_OF_STOCK");
+    let err = front
+        .complete_fulfilment_task(pb::CompleteFulfilmentTaskRequest {
+            task_id: got.fulfilment_task_id.clone(),
+            carrier: "顺丰".into(),
+            tracking_number: "SF1".into(),
+        })
+        .await
+        .expect_err("storefront");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let done = ops
+        .complete_fulfilment_task(pb::CompleteFulfilmentTaskRequest {
+            task_id: got.fulfilment_task_id.clone(),
+            carrier: "顺丰".into(),
+            tracking_number: "SF1".into(),
+        })
+        .await
+        .expect("complete")
+        .into_inner()
+        .task
+        .expect("task");
+    assert!(done.done);
+    let open = ops
+        .list_fulfilment_tasks(pb::ListFulfilmentTasksRequest::default())
+        .await
+        .expect("tasks")
+        .into_inner();
+    assert!(open.tasks.is_empty(), "shipped tasks leave the open list");
+
+    // The ledger pages: one entry per page, every entry once.
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = front
+            .list_ledger_entries(pb::ListLedgerEntriesRequest {
+                buyer_nick: "tb_ref".into(),
+                page_size: 1,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("page")
+            .into_inner();
+        seen.extend(page.entries.into_iter().map(|e| e.points));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seen, vec![-50, 100, 5]);
+    suite.stop().await;
+}
+
+#[tokio::test]
+async fn only_huitou_services_may_check_api_keys() {
+    use huitou_proto::customer::v1::shop_service_client::ShopServiceClient;
+    let suite = TestSuite::start("verify-key").await;
+    let mut shops = ShopServiceClient::with_interceptor(
+        suite.channel(),
+        huitou_tests::bearer(&suite.shop.admin),
+    );
+    let err = shops
+        .verify_api_key(cpb::VerifyApiKeyRequest {
+            key_id: "x".into(),
+            secret_sha256: "0".repeat(64),
+        })
+        .await
+        .expect_err("shop keys cannot check keys");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    suite.stop().await;
+}
