@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use huitou::{Settings, Suite};
 use huitou_privacy::PersonalDataConfig;
+use huitou_proto::coupon::v1::coupon_service_client::CouponServiceClient;
 use huitou_proto::customer::v1::customer_service_client::CustomerServiceClient;
 use huitou_proto::customer::v1::shop_service_client::ShopServiceClient;
 use huitou_proto::loyalty::v1::loyalty_service_client::LoyaltyServiceClient;
@@ -68,6 +69,10 @@ pub type Shops =
 pub type Loyalty =
     LoyaltyServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
 
+/// A coupon-service client with a key.
+pub type Coupons =
+    CouponServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
+
 /// A suite serving on an ephemeral port.
 pub struct TestSuite {
     /// Where it listens.
@@ -80,6 +85,8 @@ pub struct TestSuite {
     pub database: TestDatabase,
     /// The loyalty service's database, when it runs.
     pub loyalty_database: Option<TestDatabase>,
+    /// The coupon service's database, when it runs.
+    pub coupon_database: Option<TestDatabase>,
     /// Its settings.
     pub settings: Settings,
     stop: Option<oneshot::Sender<()>>,
@@ -118,6 +125,22 @@ pub fn with_loyalty(settings: &mut Settings, database: &TestDatabase) {
     settings.loyalty = Some(loyalty);
 }
 
+/// Adds the coupon service over its own `database` to `settings`, with
+/// the cache at `redis_url` (None: in-process).
+pub fn with_coupon(settings: &mut Settings, database: &TestDatabase, redis_url: Option<String>) {
+    let mut coupon = huitou_coupon::CouponConfig {
+        database: database.config.clone(),
+        ..Default::default()
+    };
+    if let Some(url) = redis_url {
+        coupon.cache.redis_url = url;
+    }
+    coupon.outbox.poll_interval_ms = 50;
+    coupon.outbox.retry_base_ms = 50;
+    coupon.outbox.retry_max_ms = 500;
+    settings.coupon = Some(coupon);
+}
+
 async fn shop_keys(suite: &Suite, name: &str) -> ShopKeys {
     let store = &suite.customer().expect("customer runs").store;
     let shop = store
@@ -139,10 +162,13 @@ impl TestSuite {
     pub async fn start(label: &str) -> TestSuite {
         let database = TestDatabase::new(label).await;
         let loyalty = TestDatabase::new(&format!("{label}-loyalty")).await;
+        let coupon = TestDatabase::new(&format!("{label}-coupon")).await;
         let mut settings = test_settings(&database);
         with_loyalty(&mut settings, &loyalty);
+        with_coupon(&mut settings, &coupon, huitou_testkit::redis_url());
         let mut suite = Self::start_with(database, settings).await;
         suite.loyalty_database = Some(loyalty);
+        suite.coupon_database = Some(coupon);
         suite
     }
 
@@ -160,6 +186,7 @@ impl TestSuite {
             other_shop,
             database,
             loyalty_database: None,
+            coupon_database: None,
             settings,
             stop: Some(stop),
             task: Some(task),
@@ -255,12 +282,25 @@ impl TestSuite {
         LoyaltyServiceClient::with_interceptor(self.channel.clone(), bearer)
     }
 
+    /// A coupon-service client presenting `key`.
+    pub fn coupons(&self, key: &str) -> Coupons {
+        CouponServiceClient::with_interceptor(self.channel.clone(), bearer(key))
+    }
+
+    /// A coupon-service client presenting `key` over `channel`.
+    pub fn coupons_via(&self, channel: Channel, key: &str) -> Coupons {
+        CouponServiceClient::with_interceptor(channel, bearer(key))
+    }
+
     /// Stops the server and hands back the storage for inspection; call
     /// `cleanup` on it afterwards.
     pub async fn stop_keeping_storage(mut self) -> TestDatabase {
         self.stop_server().await;
         if let Some(loyalty) = self.loyalty_database.take() {
             loyalty.cleanup().await;
+        }
+        if let Some(coupon) = self.coupon_database.take() {
+            coupon.cleanup().await;
         }
         self.database
     }

@@ -534,8 +534,14 @@ async fn a_redelivered_batch_changes_nothing_and_a_mixed_one_applies_only_the_ne
         let mut inbox = inbox.clone();
         let shop = shop.clone();
         async move {
+            let mut request = for_shop(&shop, DeliverEventsRequest { events }).expect("request");
+            // The suite serves several inboxes: the header picks loyalty's.
+            request.metadata_mut().insert(
+                huitou_storage::inbox::CONSUMER_HEADER,
+                "loyalty".parse().expect("metadata"),
+            );
             inbox
-                .deliver_events(for_shop(&shop, DeliverEventsRequest { events }).expect("request"))
+                .deliver_events(request)
                 .await
                 .expect("deliver")
                 .into_inner()

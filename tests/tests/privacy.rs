@@ -212,8 +212,10 @@ async fn a_rotated_key_takes_over_after_a_reseal_and_the_old_key_can_go() {
         .customer
         .expect("customer");
     let mut settings = suite.settings.clone();
-    // Loyalty's database goes with the first suite; this is about customer.
+    // Loyalty's and coupon's databases go with the first suite; this is
+    // about customer.
     settings.loyalty = None;
+    settings.coupon = None;
     let database = suite.stop_keeping_storage().await;
 
     // Rotate: k2 joins and becomes active; k1 stays to open old values.

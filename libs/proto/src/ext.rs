@@ -45,6 +45,11 @@ impl EventEnvelope {
             Some(Payload::PointsExpiring(_)) => "loyalty.points_expiring",
             Some(Payload::PointsExpired(_)) => "loyalty.points_expired",
             Some(Payload::RewardExchanged(_)) => "loyalty.reward_exchanged",
+            Some(Payload::CouponIssued(_)) => "coupon.issued",
+            Some(Payload::CouponRedeemed(_)) => "coupon.redeemed",
+            Some(Payload::CouponReleased(_)) => "coupon.released",
+            Some(Payload::CouponExpiringSoon(_)) => "coupon.expiring_soon",
+            Some(Payload::CouponExpired(_)) => "coupon.expired",
             None => "unknown",
         }
     }

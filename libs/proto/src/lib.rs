@@ -24,6 +24,12 @@ pub mod loyalty {
     }
 }
 
+pub mod coupon {
+    pub mod v1 {
+        tonic::include_proto!("huitou.coupon.v1");
+    }
+}
+
 pub mod bench {
     pub mod v1 {
         tonic::include_proto!("huitou.bench.v1");

@@ -64,6 +64,14 @@ impl IdempotencyKey {
     }
 }
 
+impl IdempotencyKey {
+    /// The request's hash, for stores that keep their own record of a
+    /// request (bulk runs).
+    pub fn request_hash(&self) -> &str {
+        &self.request_hash
+    }
+}
+
 /// Claims `key` in `tx`. `Some(answer)` when the request was already done:
 /// return that answer and commit nothing.
 pub async fn claim<R: Message + Default>(

@@ -1,6 +1,7 @@
 //! The receiving side of events: apply each event exactly once.
 //!
-//! [`EventInbox`] implements `EventConsumerService` for a service. For every
+//! [`EventInbox`] is a service's inbox; [`Inboxes`] serves the inboxes of a
+//! process as `EventConsumerService`, picking one by the consumer header. For every
 //! delivered event it opens a transaction, records the event id in
 //! `consumed_events` and applies the event through the service's
 //! [`EventHandler`] — both or neither commit — so redeliveries change
@@ -186,8 +187,84 @@ impl<H: EventHandler> EventInbox<H> {
     }
 }
 
+/// Names the subscriber a delivery is for, so services sharing one server
+/// (the one-process suite) each get their own events.
+pub const CONSUMER_HEADER: &str = "x-huitou-consumer";
+
+/// One service's inbox, as the server's [`Inboxes`] sees it.
+pub trait Inbox: Send + Sync + 'static {
+    /// The consumer's name (the subscriber name relays deliver to).
+    fn consumer(&self) -> &'static str;
+    /// Applies a delivery; (applied, duplicates).
+    fn deliver<'a>(
+        &'a self,
+        events: &'a [EventEnvelope],
+    ) -> BoxFuture<'a, Result<(i32, i32), Failure>>;
+}
+
+impl<H: EventHandler> Inbox for EventInbox<H> {
+    fn consumer(&self) -> &'static str {
+        self.handler.consumer()
+    }
+
+    fn deliver<'a>(
+        &'a self,
+        events: &'a [EventEnvelope],
+    ) -> BoxFuture<'a, Result<(i32, i32), Failure>> {
+        Box::pin(self.apply_delivery(events))
+    }
+}
+
+/// `EventConsumerService` for the inboxes of the services one process
+/// runs: a delivery goes to the only inbox when there is one, else to the
+/// inbox its consumer header names.
+#[derive(Clone, Default)]
+pub struct Inboxes {
+    inboxes: Vec<Arc<dyn Inbox>>,
+}
+
+impl Inboxes {
+    /// No inboxes yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a service's inbox.
+    pub fn add(&mut self, inbox: Arc<dyn Inbox>) {
+        self.inboxes.push(inbox);
+    }
+
+    /// True when no service here consumes events.
+    pub fn is_empty(&self) -> bool {
+        self.inboxes.is_empty()
+    }
+
+    fn pick(&self, consumer: Option<&str>) -> Result<&Arc<dyn Inbox>, Failure> {
+        // With one inbox the header is not needed: subscriber names are
+        // free-form in settings, and only a shared server must route.
+        match consumer {
+            _ if self.inboxes.len() == 1 => self.inboxes.first(),
+            Some(name) => self.inboxes.iter().find(|i| i.consumer() == name),
+            None => None,
+        }
+        .ok_or_else(|| {
+            Failure::invalid_field(
+                CONSUMER_HEADER,
+                format!(
+                    "names no consumer in this process (here: {})",
+                    self.inboxes
+                        .iter()
+                        .map(|i| i.consumer())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })
+    }
+}
+
 #[tonic::async_trait]
-impl<H: EventHandler> EventConsumerService for EventInbox<H> {
+impl EventConsumerService for Inboxes {
     async fn deliver_events(
         &self,
         request: Request<DeliverEventsRequest>,
@@ -196,6 +273,12 @@ impl<H: EventHandler> EventConsumerService for EventInbox<H> {
         if who.role != Role::Internal {
             return Err(Failure::permission_denied("only Huitou services deliver events").into());
         }
+        let consumer = request
+            .metadata()
+            .get(CONSUMER_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let inbox = self.pick(consumer.as_deref())?;
         let events = request.into_inner().events;
         if events.len() > MAX_BATCH {
             return Err(
@@ -212,7 +295,7 @@ impl<H: EventHandler> EventConsumerService for EventInbox<H> {
             )
             .into());
         }
-        let (applied_count, duplicate_count) = self.apply_delivery(&events).await?;
+        let (applied_count, duplicate_count) = inbox.deliver(&events).await?;
         Ok(Response::new(DeliverEventsResponse {
             applied_count,
             duplicate_count,

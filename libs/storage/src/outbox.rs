@@ -488,8 +488,13 @@ impl Relay {
         if let Some(first) = events.first() {
             telemetry::adopt_stored_parent(&span, &first.traceparent, &first.tracestate);
         }
-        let request =
+        let mut request =
             for_shop(&shop, DeliverEventsRequest { events }).map_err(|f| f.to_string())?;
+        if let Ok(name) = subscriber.name.parse() {
+            request
+                .metadata_mut()
+                .insert(crate::inbox::CONSUMER_HEADER, name);
+        }
         client
             .deliver_events(request)
             .instrument(span)

@@ -13,7 +13,7 @@ use huitou_runtime::auth::{ApiKeySecret, Authenticator, BoxFuture, KeyVerifier};
 use huitou_runtime::config::ServerConfig;
 use huitou_runtime::server::GrpcServer;
 use huitou_runtime::{Caller, Failure};
-use huitou_storage::inbox::{EventHandler, EventInbox};
+use huitou_storage::inbox::{EventHandler, EventInbox, Inboxes};
 use huitou_storage::migrate::{KIT_TABLES, dialect};
 use huitou_storage::{Database, DatabaseConfig, WriteTx};
 use sea_orm::ConnectionTrait;
@@ -134,10 +134,12 @@ impl Probe {
             .expect("bind probe");
         let auth = Authenticator::new(Arc::new(NoKeys), &SecretString::from(self.token.clone()));
         let mut server = GrpcServer::new(ServerConfig::default(), auth);
-        server.add_service(EventConsumerServiceServer::new(EventInbox::new(
+        let mut inboxes = Inboxes::new();
+        inboxes.add(Arc::new(EventInbox::new(
             self.db.clone(),
             Arc::new(Recorder),
         )));
+        server.add_service(EventConsumerServiceServer::new(inboxes));
         let (tx, rx) = oneshot::channel::<()>();
         self.stop = Some(tx);
         self.task = Some(tokio::spawn(async move {

@@ -6,13 +6,19 @@ pub mod settings;
 
 use std::future::Future;
 
+use std::sync::Arc;
+
+use huitou_coupon::CouponService;
 use huitou_customer::CustomerService;
 use huitou_loyalty::LoyaltyService;
+use huitou_proto::events::v1::event_consumer_service_server::EventConsumerServiceServer;
 use huitou_runtime::auth::Authenticator;
 use huitou_runtime::server::GrpcServer;
+use huitou_storage::inbox::Inboxes;
 use huitou_storage::outbox::Subscriber;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tonic::codec::CompressionEncoding;
 
 pub use settings::Settings;
 
@@ -25,6 +31,9 @@ pub enum SuiteError {
     /// The loyalty service could not start.
     #[error(transparent)]
     Loyalty(#[from] huitou_loyalty::StartError),
+    /// The coupon service could not start.
+    #[error(transparent)]
+    Coupon(#[from] huitou_coupon::StartError),
     /// The listener has no address.
     #[error("the listener has no address: {0}")]
     Listener(std::io::Error),
@@ -52,6 +61,8 @@ pub enum Services {
     /// The loyalty service alone; API keys are checked by the customer
     /// service at `auth.key_service`.
     Loyalty,
+    /// The coupon service alone; API keys are checked as for loyalty.
+    Coupon,
 }
 
 /// The services of one process.
@@ -61,6 +72,8 @@ pub struct Suite {
     customer: Option<CustomerService>,
     /// The loyalty service, when it runs here.
     pub loyalty: Option<LoyaltyService>,
+    /// The coupon service, when it runs here.
+    pub coupon: Option<CouponService>,
 }
 
 impl Suite {
@@ -76,9 +89,12 @@ impl Suite {
         migrate: bool,
     ) -> Result<Self, SuiteError> {
         let mut problems = Vec::new();
-        let run_customer = which != Services::Loyalty;
-        if which == Services::Customer {
+        let run_customer = matches!(which, Services::All | Services::Customer);
+        if which != Services::All && which != Services::Loyalty {
             settings.loyalty = None;
+        }
+        if which != Services::All && which != Services::Coupon {
+            settings.coupon = None;
         }
         if run_customer {
             problems.extend(settings.customer.problems("customer"));
@@ -90,7 +106,14 @@ impl Suite {
             }
             None => {}
         }
-        if which == Services::Loyalty && settings.auth.key_service.is_empty() {
+        match &settings.coupon {
+            Some(coupon) => problems.extend(coupon.problems("coupon")),
+            None if which == Services::Coupon => {
+                problems.push("coupon: the [coupon] section is required".into())
+            }
+            None => {}
+        }
+        if !run_customer && settings.auth.key_service.is_empty() {
             problems.push(
                 "auth.key_service: required to run a service without the customer service \
                  (e.g. http://customer:50051)"
@@ -108,10 +131,15 @@ impl Suite {
             Some(config) => Some(LoyaltyService::open(config, migrate).await?),
             None => None,
         };
+        let coupon = match &settings.coupon {
+            Some(config) => Some(CouponService::open(config, migrate).await?),
+            None => None,
+        };
         Ok(Self {
             settings,
             customer,
             loyalty,
+            coupon,
         })
     }
 
@@ -131,6 +159,9 @@ impl Suite {
         if self.loyalty.is_some() {
             names.push(huitou_loyalty::SERVICE);
         }
+        if self.coupon.is_some() {
+            names.push(huitou_coupon::SERVICE);
+        }
         names
     }
 
@@ -142,37 +173,36 @@ impl Suite {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), SuiteError> {
         let token = self.settings.auth.token();
-        let keys: std::sync::Arc<dyn huitou_runtime::auth::KeyVerifier> = match &self.customer {
+        let keys: Arc<dyn huitou_runtime::auth::KeyVerifier> = match &self.customer {
             Some(customer) => customer.key_verifier(),
-            None => std::sync::Arc::new(
+            None => Arc::new(
                 huitou_customer::client::RemoteKeys::new(&self.settings.auth.key_service, &token)
                     .map_err(|f| SuiteError::Keys(f.message))?,
             ),
         };
         let authenticator = Authenticator::new(keys, &token);
         let mut server = GrpcServer::new(self.settings.server.clone(), authenticator);
+        let mut inboxes = Inboxes::new();
         if let Some(customer) = &self.customer {
             customer.register(&mut server);
         }
         if let Some(loyalty) = &self.loyalty {
             loyalty.register(&mut server);
+            inboxes.add(loyalty.inbox());
         }
-        if let (Some(customer), Some(_)) = (&mut self.customer, &self.loyalty) {
-            // Services in one process deliver events to each other through
-            // the process's own address.
-            let mut own = listener.local_addr().map_err(SuiteError::Listener)?;
-            if own.ip().is_unspecified() {
-                own.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-            }
-            customer.subscribe_if_absent(Subscriber {
-                name: huitou_loyalty::SERVICE.into(),
-                endpoint: format!("http://{own}"),
-                event_types: huitou_loyalty::events::SUBSCRIBED
-                    .iter()
-                    .map(|s| (*s).to_owned())
-                    .collect(),
-            });
+        if let Some(coupon) = &self.coupon {
+            coupon.register(&mut server);
+            inboxes.add(coupon.inbox());
         }
+        if !inboxes.is_empty() {
+            let limit = server.config().max_message_bytes;
+            server.add_service(
+                EventConsumerServiceServer::new(inboxes)
+                    .max_decoding_message_size(limit)
+                    .accept_compressed(CompressionEncoding::Gzip),
+            );
+        }
+        self.subscribe_each_other(&listener)?;
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -183,7 +213,7 @@ impl Suite {
             tasks.push(tokio::spawn(
                 customer.relay(&token)?.run(stopped(stop_rx.clone())),
             ));
-            let customer = std::sync::Arc::new(customer);
+            let customer = Arc::new(customer);
             let stop = stopped(stop_rx.clone());
             tasks.push(tokio::spawn(
                 async move { customer.housekeeping(stop).await },
@@ -193,11 +223,19 @@ impl Suite {
             tasks.push(tokio::spawn(
                 loyalty.relay(&token)?.run(stopped(stop_rx.clone())),
             ));
-            let loyalty = std::sync::Arc::new(loyalty);
+            let loyalty = Arc::new(loyalty);
             let stop = stopped(stop_rx.clone());
             tasks.push(tokio::spawn(
                 async move { loyalty.housekeeping(stop).await },
             ));
+        }
+        if let Some(coupon) = self.coupon {
+            tasks.push(tokio::spawn(
+                coupon.relay(&token)?.run(stopped(stop_rx.clone())),
+            ));
+            let coupon = Arc::new(coupon);
+            let stop = stopped(stop_rx.clone());
+            tasks.push(tokio::spawn(async move { coupon.housekeeping(stop).await }));
         }
 
         let result = server.serve(listener, shutdown).await;
@@ -206,5 +244,53 @@ impl Suite {
             let _ = task.await;
         }
         result.map_err(SuiteError::from)
+    }
+
+    /// Services in one process deliver events to each other through the
+    /// process's own address: customer events to loyalty and coupon,
+    /// loyalty's tier changes to coupon. Subscriptions already in the
+    /// settings are kept.
+    fn subscribe_each_other(&mut self, listener: &TcpListener) -> Result<(), SuiteError> {
+        let mut own = listener.local_addr().map_err(SuiteError::Listener)?;
+        if own.ip().is_unspecified() {
+            own.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let endpoint = format!("http://{own}");
+        let subscriber = |name: &str, types: &[&str], source: &str| Subscriber {
+            name: name.into(),
+            endpoint: endpoint.clone(),
+            event_types: types
+                .iter()
+                .filter(|t| t.starts_with(source))
+                .map(|s| (*s).to_owned())
+                .collect(),
+        };
+        if let Some(customer) = &mut self.customer {
+            if self.loyalty.is_some() {
+                customer.subscribe_if_absent(subscriber(
+                    huitou_loyalty::SERVICE,
+                    huitou_loyalty::events::SUBSCRIBED,
+                    "",
+                ));
+            }
+            if self.coupon.is_some() {
+                // Customer-service events are the customer.* and order.* ones.
+                let mut s = subscriber(
+                    huitou_coupon::SERVICE,
+                    huitou_coupon::events::SUBSCRIBED,
+                    "",
+                );
+                s.event_types.retain(|t| !t.starts_with("loyalty."));
+                customer.subscribe_if_absent(s);
+            }
+        }
+        if let (Some(loyalty), Some(_)) = (&mut self.loyalty, &self.coupon) {
+            loyalty.subscribe_if_absent(subscriber(
+                huitou_coupon::SERVICE,
+                huitou_coupon::events::SUBSCRIBED,
+                "loyalty.",
+            ));
+        }
+        Ok(())
     }
 }

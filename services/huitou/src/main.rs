@@ -125,6 +125,7 @@ struct Target {
 enum ServiceName {
     Customer,
     Loyalty,
+    Coupon,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -132,6 +133,7 @@ enum MigrateTarget {
     All,
     Customer,
     Loyalty,
+    Coupon,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -166,6 +168,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (name, which) = match service {
                 ServiceName::Customer => ("customer", Services::Customer),
                 ServiceName::Loyalty => ("loyalty", Services::Loyalty),
+                ServiceName::Coupon => ("coupon", Services::Coupon),
             };
             let _telemetry = telemetry::init(&format!("huitou-{name}"), &settings.telemetry)?;
             let listen = settings.server.listen;
@@ -197,6 +200,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                     None if matches!(service, MigrateTarget::Loyalty) => {
                         bail!("loyalty is not configured (no [loyalty] section)")
+                    }
+                    None => {}
+                }
+            }
+            if matches!(service, MigrateTarget::All | MigrateTarget::Coupon) {
+                match &settings.coupon {
+                    Some(coupon) => {
+                        let db = huitou_storage::Database::connect(&coupon.database).await?;
+                        huitou_coupon::migrate(&db).await?;
+                        println!("coupon: migrations applied");
+                    }
+                    None if matches!(service, MigrateTarget::Coupon) => {
+                        bail!("coupon is not configured (no [coupon] section)")
                     }
                     None => {}
                 }

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use huitou_coupon::CouponConfig;
 use huitou_customer::CustomerConfig;
 use huitou_loyalty::LoyaltyConfig;
 use huitou_privacy::PersonalDataConfig;
@@ -58,6 +59,8 @@ pub struct Settings {
     pub customer: CustomerConfig,
     /// The loyalty service; it runs in this process when present.
     pub loyalty: Option<LoyaltyConfig>,
+    /// The coupon service; it runs in this process when present.
+    pub coupon: Option<CouponConfig>,
 }
 
 impl Validate for Settings {
@@ -91,6 +94,10 @@ pub fn embedded(data_dir: &Path, config_file: Option<&Path>) -> Result<Settings,
     defaults.loyalty = Some(LoyaltyConfig {
         database: DatabaseConfig::sqlite_file(&data_dir.join("loyalty.db")),
         ..LoyaltyConfig::default()
+    });
+    defaults.coupon = Some(CouponConfig {
+        database: DatabaseConfig::sqlite_file(&data_dir.join("coupon.db")),
+        ..CouponConfig::default()
     });
     let mut files: Vec<&Path> = vec![&secrets];
     files.extend(config_file);

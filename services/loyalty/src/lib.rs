@@ -12,11 +12,10 @@ pub mod store;
 use std::sync::Arc;
 use std::time::Duration;
 
-use huitou_proto::events::v1::event_consumer_service_server::EventConsumerServiceServer;
 use huitou_proto::loyalty::v1::loyalty_service_server::LoyaltyServiceServer;
 use huitou_runtime::server::GrpcServer;
 use huitou_storage::cache::CacheConfig;
-use huitou_storage::inbox::EventInbox;
+use huitou_storage::inbox::{EventInbox, Inbox};
 use huitou_storage::outbox::{Outbox, OutboxConfig, Relay};
 use huitou_storage::{Database, DatabaseConfig, now_micros};
 use sea_orm_migration::MigratorTrait;
@@ -103,7 +102,7 @@ impl LoyaltyService {
         })
     }
 
-    /// Adds the loyalty API and its event inbox to `server`.
+    /// Adds the loyalty API to `server`.
     pub fn register(&self, server: &mut GrpcServer) {
         let limit = server.config().max_message_bytes;
         server.add_service(
@@ -113,15 +112,22 @@ impl LoyaltyService {
                 .accept_compressed(CompressionEncoding::Gzip)
                 .send_compressed(CompressionEncoding::Gzip),
         );
-        let inbox = EventInbox::new(
+    }
+
+    /// Its event inbox, for the process's `EventConsumerService`.
+    pub fn inbox(&self) -> Arc<dyn Inbox> {
+        Arc::new(EventInbox::new(
             self.store.db.clone(),
             Arc::new(events::LoyaltyEvents::new(self.store.clone())),
-        );
-        server.add_service(
-            EventConsumerServiceServer::new(inbox)
-                .max_decoding_message_size(limit)
-                .accept_compressed(CompressionEncoding::Gzip),
-        );
+        ))
+    }
+
+    /// Adds `subscriber` to the outbox unless one of its name is there.
+    pub fn subscribe_if_absent(&mut self, subscriber: huitou_storage::outbox::Subscriber) {
+        let subscribers = &mut self.config.outbox.subscribers;
+        if !subscribers.iter().any(|s| s.name == subscriber.name) {
+            subscribers.push(subscriber);
+        }
     }
 
     /// The relay delivering this service's events.

@@ -35,17 +35,17 @@ pub struct Audience {
     pub new_buyers_only: bool,
     /// Only buyers with at least one paid order.
     pub returning_buyers_only: bool,
-    /// The lowest member tier (by rank, 0 = base), when set.
-    pub min_tier_rank: Option<u32>,
+    /// Loyalty tiers that may receive it; empty for every tier.
+    pub tier_codes: std::collections::BTreeSet<String>,
 }
 
 /// What is known of a buyer when a coupon is issued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Buyer {
+pub struct Buyer<'a> {
     /// Paid orders so far.
     pub paid_orders: i64,
-    /// Member tier rank (0 = base).
-    pub tier_rank: u32,
+    /// Loyalty tier code; empty when not known.
+    pub tier_code: &'a str,
     /// Coupons of this template the buyer already holds or used.
     pub held_of_template: i64,
 }
@@ -57,8 +57,8 @@ pub enum NotEligible {
     NotNewBuyer,
     /// For returning buyers only, and this buyer has not paid yet.
     NotReturningBuyer,
-    /// The buyer's tier is below the template's minimum.
-    TierTooLow,
+    /// The buyer's tier is not one the template is for.
+    TierNotEligible,
     /// The buyer already has as many as the per-customer limit allows.
     LimitReached,
 }
@@ -76,11 +76,8 @@ pub fn eligible(
     if audience.returning_buyers_only && buyer.paid_orders == 0 {
         return Err(NotEligible::NotReturningBuyer);
     }
-    if audience
-        .min_tier_rank
-        .is_some_and(|min| buyer.tier_rank < min)
-    {
-        return Err(NotEligible::TierTooLow);
+    if !audience.tier_codes.is_empty() && !audience.tier_codes.contains(buyer.tier_code) {
+        return Err(NotEligible::TierNotEligible);
     }
     if per_customer_limit > 0 && buyer.held_of_template >= per_customer_limit {
         return Err(NotEligible::LimitReached);
@@ -121,10 +118,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn buyer(paid_orders: i64, tier_rank: u32, held: i64) -> Buyer {
+    fn buyer(paid_orders: i64, tier_code: &str, held: i64) -> Buyer<'_> {
         Buyer {
             paid_orders,
-            tier_rank,
+            tier_code,
             held_of_template: held,
         }
     }
@@ -135,27 +132,27 @@ mod tests {
             new_buyers_only: true,
             ..Audience::default()
         };
-        assert_eq!(eligible(&new_only, 0, buyer(0, 0, 0)), Ok(()));
+        assert_eq!(eligible(&new_only, 0, buyer(0, "", 0)), Ok(()));
         assert_eq!(
-            eligible(&new_only, 0, buyer(1, 0, 0)),
+            eligible(&new_only, 0, buyer(1, "", 0)),
             Err(NotEligible::NotNewBuyer)
         );
         let gold_returning = Audience {
             returning_buyers_only: true,
-            min_tier_rank: Some(2),
+            tier_codes: ["GOLD".to_string(), "PLATINUM".to_string()].into(),
             ..Audience::default()
         };
         assert_eq!(
-            eligible(&gold_returning, 1, buyer(0, 3, 0)),
+            eligible(&gold_returning, 1, buyer(0, "PLATINUM", 0)),
             Err(NotEligible::NotReturningBuyer)
         );
         assert_eq!(
-            eligible(&gold_returning, 1, buyer(2, 1, 0)),
-            Err(NotEligible::TierTooLow)
+            eligible(&gold_returning, 1, buyer(2, "SILVER", 0)),
+            Err(NotEligible::TierNotEligible)
         );
-        assert_eq!(eligible(&gold_returning, 1, buyer(2, 2, 0)), Ok(()));
+        assert_eq!(eligible(&gold_returning, 1, buyer(2, "GOLD", 0)), Ok(()));
         assert_eq!(
-            eligible(&gold_returning, 1, buyer(2, 2, 1)),
+            eligible(&gold_returning, 1, buyer(2, "GOLD", 1)),
             Err(NotEligible::LimitReached)
         );
     }
@@ -185,7 +182,7 @@ mod tests {
             let u = usable(from, until, now);
             prop_assert_eq!(u == Usable::Yes, from <= now && now < until);
             let passed = (0..20)
-                .filter(|held| eligible(&Audience::default(), limit, buyer(1, 0, *held)).is_ok())
+                .filter(|held| eligible(&Audience::default(), limit, buyer(1, "", *held)).is_ok())
                 .count() as i64;
             prop_assert_eq!(passed, limit);
         }
