@@ -19,7 +19,7 @@ fail() { echo "FAIL: $*"; cat "$log"; exit 1; }
 call() { grpcurl -plaintext -H "$auth" -d "$2" "$addr" "huitou.customer.v1.CustomerService/$1"; }
 
 services=$(grpcurl -plaintext "$addr" list)
-for s in huitou.customer.v1.CustomerService huitou.loyalty.v1.LoyaltyService grpc.health.v1.Health grpc.reflection.v1alpha.ServerReflection; do
+for s in huitou.customer.v1.CustomerService huitou.loyalty.v1.LoyaltyService huitou.coupon.v1.CouponService grpc.health.v1.Health grpc.reflection.v1alpha.ServerReflection; do
   grep -qx "$s" <<<"$services" || fail "list does not show $s"
 done
 grpcurl -plaintext "$addr" describe huitou.customer.v1.CustomerService | grep -q "Records an order" \
@@ -49,6 +49,24 @@ lcall GetMember '{"buyer_nick":"tb_smoke"}' | grep -q '"balancePoints": "198"' \
   || fail "loyalty: the paid order did not earn its points"
 lcall GetMemberPrice '{"buyer_nick":"tb_smoke","lines":[{"sku":"A","quantity":1,"unit_price_fen":9900}]}' \
   | grep -q '"tierCode": "REGULAR"' || fail "loyalty: member price"
+ccall() { grpcurl -plaintext -H "$auth" -d "$2" "$addr" "huitou.coupon.v1.CouponService/$1"; }
+template=$(ccall CreateTemplate '{"template":{"name":"满299减30","threshold":{"threshold_fen":29900,"amount_fen":3000},
+  "valid_days_after_issue":30,"per_customer_limit":1,"stock":100}}' \
+  | python3 -c "import json,sys;print(json.load(sys.stdin)['template']['templateId'])")
+code=$(ccall IssueCoupon "{\"template_id\":\"$template\",\"customer_id\":\"$id\",\"request_id\":\"smoke-issue-1\"}" \
+  | python3 -c "import json,sys;print(json.load(sys.stdin)['coupon']['code'])")
+cart='{"lines":[{"sku":"A","category":"童装","quantity":2,"unit_price_fen":19900}],"shipping_fen":0,"total_fen":39800}'
+ccall ValidateCoupon "{\"code\":\"$code\",\"customer_id\":\"$id\",\"cart\":$cart}" | grep -q '"discountFen": "3000"' \
+  || fail "coupon: validate"
+ccall RedeemCoupon "{\"code\":\"$code\",\"customer_id\":\"$id\",\"order_no\":\"S-2\",\"cart\":$cart}" \
+  | grep -q COUPON_STATE_REDEEMED || fail "coupon: redeem"
+out=$(ccall RedeemCoupon "{\"code\":\"$code\",\"customer_id\":\"$id\",\"order_no\":\"S-3\",\"cart\":$cart}" 2>&1 || true)
+grep -q COUPON_ALREADY_USED <<<"$out" || fail "coupon: a second order redeemed it: $out"
+typo="${code:0:15}$( [ "${code:15:1}" = A ] && echo B || echo A )"
+out=$(ccall GetCoupon "{\"code\":\"$typo\"}" 2>&1 || true)
+grep -q CODE_TYPO <<<"$out" || fail "coupon: a typo was not caught: $out"
+ccall GetTemplateResults "{\"template_id\":\"$template\"}" | grep -q '"discountCostFen": "3000"' \
+  || fail "coupon: results"
 out=$(call RecordOrder '{"order_no":"","buyer_nick":"x"}' 2>&1 || true)
 grep -q "InvalidArgument" <<<"$out" || fail "bad input is not INVALID_ARGUMENT: $out"
 verbose=$(grpcurl -plaintext -H "$auth" -H "x-request-id: smoke-42" -v -d '{}' "$addr" huitou.customer.v1.ShopService/GetShop)

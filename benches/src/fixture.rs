@@ -118,6 +118,8 @@ pub struct Running {
     pub address: SocketAddr,
     /// An operator key of its shop.
     pub key: String,
+    /// Its shop.
+    pub shop_id: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -125,19 +127,29 @@ impl Running {
     /// Starts a suite on `database` with the cache at `redis_url` (empty for
     /// in-process), inside the current runtime.
     pub async fn start(database: DatabaseConfig, redis_url: &str) -> anyhow::Result<Running> {
-        Self::start_suite(database, None, redis_url).await
+        Self::start_suite(database, None, None, redis_url).await
     }
 
-    /// Starts a suite that also runs loyalty over `loyalty` when given.
+    /// Starts a suite that also runs loyalty over `loyalty` and coupon over
+    /// `coupon` when given.
     pub async fn start_suite(
         database: DatabaseConfig,
         loyalty: Option<DatabaseConfig>,
+        coupon: Option<DatabaseConfig>,
         redis_url: &str,
     ) -> anyhow::Result<Running> {
         let mut settings = Settings {
             loyalty: loyalty.map(|database| huitou_loyalty::LoyaltyConfig {
                 database,
                 ..Default::default()
+            }),
+            coupon: coupon.map(|database| {
+                let mut c = huitou_coupon::CouponConfig {
+                    database,
+                    ..Default::default()
+                };
+                c.cache.redis_url = redis_url.to_owned();
+                c
             }),
             ..Settings::default()
         };
@@ -171,6 +183,7 @@ impl Running {
         Ok(Running {
             address,
             key,
+            shop_id: shop.id.clone(),
             stop: Some(tx),
         })
     }

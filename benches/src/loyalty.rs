@@ -132,7 +132,7 @@ pub async fn member_price(
     let customer_db = backend.fresh("price_customer").await?;
     let loyalty_db = backend.fresh("price_loyalty").await?;
     let suite = servers
-        .spawn(async move { Running::start_suite(customer_db, Some(loyalty_db), "").await })
+        .spawn(async move { Running::start_suite(customer_db, Some(loyalty_db), None, "").await })
         .await??;
     let bearer = Bearer(format!("Bearer {}", suite.key).parse()?);
     let clients: Arc<Vec<_>> = Arc::new(

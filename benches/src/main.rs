@@ -4,6 +4,7 @@
 //! The servers run on their own runtime and the load on another, both in
 //! this process, for the limit and for Huitou alike.
 
+mod coupon;
 mod fixture;
 mod import;
 mod load;
@@ -87,6 +88,27 @@ enum What {
         /// Members, all due.
         #[arg(long, default_value_t = 1_000_000)]
         members: u64,
+    },
+    /// RedeemCoupon on distinct coupons against raw single-row UPDATEs.
+    CouponRedeem {
+        /// Concurrent callers (and raw writers).
+        #[arg(long, default_value_t = 64)]
+        workers: usize,
+    },
+    /// Many clients issuing from one template's stock.
+    CouponContended {
+        /// Concurrent callers.
+        #[arg(long, default_value_t = 64)]
+        workers: usize,
+    },
+    /// ValidateCoupon against bare tonic echo.
+    CouponValidate {
+        /// Concurrent callers.
+        #[arg(long, default_value_t = 64)]
+        workers: usize,
+        /// Connections they share.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
     },
     /// `huitou up` start-up and idle memory.
     Startup {
@@ -188,6 +210,41 @@ fn main() -> anyhow::Result<()> {
             loyalty::review(members, &backend, &mut report).await?;
         } else if all {
             loyalty::review(1_000_000, &backend, &mut report).await?;
+        }
+        if let What::CouponRedeem { workers } = what {
+            coupon::redeem(workers, duration, &backend, &handle, &mut report).await?;
+        } else if all {
+            coupon::redeem(64, duration, &backend, &handle, &mut report).await?;
+        }
+        if let What::CouponContended { workers } = what {
+            coupon::contended(
+                workers,
+                duration,
+                &backend,
+                &cli.redis_url,
+                &handle,
+                &mut report,
+            )
+            .await?;
+        } else if all {
+            coupon::contended(64, duration, &backend, &cli.redis_url, &handle, &mut report).await?;
+        }
+        if let What::CouponValidate {
+            workers,
+            connections,
+        } = what
+        {
+            coupon::validate(
+                workers,
+                connections,
+                duration,
+                &backend,
+                &handle,
+                &mut report,
+            )
+            .await?;
+        } else if all {
+            coupon::validate(64, 4, duration, &backend, &handle, &mut report).await?;
         }
         let binary = match &what {
             What::Startup { binary } => Some(binary.clone()),

@@ -89,14 +89,23 @@ async fn race(label: &str, redis: Option<String>) {
         let grabs = clients.iter().enumerate().map(|(i, client)| {
             let mut client = client.clone();
             let template_id = template_id.clone();
+            // As a real client: a request id, and UNAVAILABLE (a pool
+            // wait past its limit on a starved machine) retried.
+            let request = pb::IssueCouponRequest {
+                request_id: format!("r{round}-w{i}"),
+                template_id,
+                customer_id: format!("r{round}-c{}", i / 2),
+                ..Default::default()
+            };
             async move {
-                client
-                    .issue_coupon(pb::IssueCouponRequest {
-                        template_id,
-                        customer_id: format!("r{round}-c{}", i / 2),
-                        ..Default::default()
-                    })
-                    .await
+                let mut tries = 0;
+                loop {
+                    tries += 1;
+                    match client.issue_coupon(request.clone()).await {
+                        Err(e) if again(&e, tries).await => {}
+                        other => break other,
+                    }
+                }
             }
         });
         let answers = futures_join_all(grabs).await;
@@ -141,7 +150,16 @@ async fn race(label: &str, redis: Option<String>) {
                 cart: Some(cart()),
                 ..Default::default()
             };
-            async move { client.redeem_coupon(request).await }
+            async move {
+                let mut tries = 0;
+                loop {
+                    tries += 1;
+                    match client.redeem_coupon(request.clone()).await {
+                        Err(e) if again(&e, tries).await => {}
+                        other => break other,
+                    }
+                }
+            }
         };
         let (a, b) = tokio::join!(redeem("A"), redeem("B"));
         let successes = [&a, &b].iter().filter(|r| r.is_ok()).count();
@@ -158,6 +176,16 @@ async fn race(label: &str, redis: Option<String>) {
         "violations over {rounds} rounds"
     );
     suite.stop().await;
+}
+
+/// Whether to try a call again after `e` (UNAVAILABLE, up to five tries),
+/// after a short wait.
+async fn again(e: &tonic::Status, tries: u64) -> bool {
+    if e.code() != tonic::Code::Unavailable || tries >= 5 {
+        return false;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(50 * tries)).await;
+    true
 }
 
 /// Runs the futures concurrently and collects their outputs in order.

@@ -1,3 +1,4 @@
 -- Each service owns its database.
 CREATE DATABASE customer OWNER huitou;
 CREATE DATABASE loyalty OWNER huitou;
+CREATE DATABASE coupon OWNER huitou;

@@ -181,6 +181,59 @@ pub async fn append(tx: &WriteTx, mut event: EventEnvelope) -> Result<(), Storag
     Ok(())
 }
 
+/// Makes one conditional change and stores its event, atomically: the
+/// event is written only when `change_sql` (an `UPDATE … WHERE …` with
+/// `$1…$n` placeholders for `values`, no RETURNING) changed a row. On
+/// PostgreSQL this is one statement and one round trip (the change in a
+/// CTE feeding the outbox insert); on SQLite, a short write transaction.
+/// Returns whether the change matched. The caller wakes the relay.
+pub async fn change_with_event(
+    db: &Database,
+    change_sql: &str,
+    mut values: Vec<Value>,
+    mut event: EventEnvelope,
+) -> Result<bool, StorageError> {
+    if event.traceparent.is_empty() {
+        let (traceparent, tracestate) = telemetry::current_trace_headers();
+        event.traceparent = traceparent;
+        event.tracestate = tracestate;
+    }
+    let event_values: Vec<Value> = vec![
+        event.event_id.clone().into(),
+        event.shop_id.clone().into(),
+        event.event_type().into(),
+        Value::Bytes(Some(event.encode_to_vec())),
+        now_micros().into(),
+    ];
+    if db.is_postgres() {
+        let n = values.len();
+        let sql = format!(
+            "WITH changed AS ({change_sql} RETURNING 1)
+             INSERT INTO outbox_events (event_id, shop_id, event_type, payload, created_at)
+             SELECT ${}, ${}, ${}, ${}, ${} FROM changed",
+            n + 1,
+            n + 2,
+            n + 3,
+            n + 4,
+            n + 5
+        );
+        values.extend(event_values);
+        return Ok(db.execute(&sql, values).await? == 1);
+    }
+    let tx = db.begin().await?;
+    if tx.execute(change_sql, values).await? != 1 {
+        return Ok(false);
+    }
+    tx.execute(
+        "INSERT INTO outbox_events (event_id, shop_id, event_type, payload, created_at)
+         VALUES ($1, $2, $3, $4, $5)",
+        event_values,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
 /// Stores many events in `tx` in one bulk statement.
 pub async fn append_many(tx: &WriteTx, events: Vec<EventEnvelope>) -> Result<(), StorageError> {
     use crate::bulk::{self, Col};

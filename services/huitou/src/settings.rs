@@ -204,7 +204,27 @@ mod tests {
             load_layers(&defaults, &[path.as_path(), secret.as_path()]).expect("loyalty settings");
         assert!(s.loyalty.is_some());
         assert_eq!(s.auth.key_service, "http://customer:50051");
-        for f in [customer, path, secret] {
+        // Coupon gets the customer events it acts on from customer and the
+        // tier changes from loyalty: together, exactly what it subscribes to.
+        let from_loyalty = &s.loyalty.as_ref().expect("loyalty").outbox.subscribers[0];
+        let customer_settings = load_layers(&defaults, &[customer.as_path(), secret.as_path()])
+            .expect("customer settings");
+        let from_customer = &customer_settings.customer.outbox.subscribers[1];
+        let mut coupon_types = from_customer.event_types.clone();
+        coupon_types.extend(from_loyalty.event_types.iter().cloned());
+        coupon_types.sort();
+        let mut subscribed: Vec<String> = huitou_coupon::events::SUBSCRIBED
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        subscribed.sort();
+        assert_eq!(coupon_types, subscribed);
+        assert_eq!(from_customer.endpoint, "http://coupon:50051");
+        let coupon = configmap_toml("coupon");
+        let s =
+            load_layers(&defaults, &[coupon.as_path(), secret.as_path()]).expect("coupon settings");
+        assert!(s.coupon.is_some_and(|c| c.problems("coupon").is_empty()));
+        for f in [customer, path, coupon, secret] {
             let _ = std::fs::remove_file(f);
         }
     }
@@ -215,6 +235,8 @@ mod tests {
         let settings = embedded(&dir, None).expect("settings");
         let loyalty = settings.loyalty.expect("loyalty runs");
         assert!(loyalty.database.url.contains("loyalty.db"));
+        let coupon = settings.coupon.expect("coupon runs");
+        assert!(coupon.database.url.contains("coupon.db"));
         let _ = std::fs::remove_dir_all(dir);
     }
 }

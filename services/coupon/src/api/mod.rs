@@ -149,6 +149,31 @@ impl CouponApi {
             .store
             .template(&caller.shop_id, &row.template_id)
             .await?;
+        if let (Claim::Redeem(total), None) = (claim, &key) {
+            // Without a request id the order number is the idempotency key,
+            // and the coupon as just read can be redeemed in one statement.
+            let now = now_micros();
+            let attempt = Attempt {
+                code,
+                customer_id: customer,
+                order_no: order,
+                cart: &cart.cart,
+                tier_discount_applied: cart.tier_discount_applied,
+                other_coupons: cart.other_coupons,
+                friend_at_limit: false,
+                now,
+            };
+            if let Some(done) = self
+                .store
+                .redeem_at_once(&caller.shop_id, &template, &row, &attempt, total)
+                .await?
+            {
+                return Ok((
+                    done.discount_fen,
+                    convert::coupon_out(&done.coupon, Some(&template), now),
+                ));
+            }
+        }
         let shop = caller.shop_id.clone();
         let (code, customer, order) = (code.to_owned(), customer.to_owned(), order.to_owned());
         let (lines, tier, others) = (

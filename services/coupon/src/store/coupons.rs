@@ -471,42 +471,28 @@ impl Store {
             },
         )
         .map_err(CouponError::Refused)?;
-        let (state, hold_until, total, redeemed_at, by) = match claim {
-            Claim::Hold(until) => (State::Held, Some(until), 0, None, ""),
-            Claim::Redeem(total) => (
-                State::Redeemed,
-                None,
-                total,
-                Some(attempt.now),
-                if friend { attempt.customer_id } else { "" },
-            ),
+        let spec = match claim {
+            Claim::Hold(until) => After {
+                state: State::Held,
+                order_no: attempt.order_no,
+                hold_until: Some(until),
+                discount_fen: 0,
+                order_total_fen: 0,
+                redeemed_at: None,
+                redeemed_by: "",
+            },
+            Claim::Redeem(total) => After {
+                state: State::Redeemed,
+                order_no: attempt.order_no,
+                hold_until: None,
+                discount_fen: discount,
+                order_total_fen: total,
+                redeemed_at: Some(attempt.now),
+                redeemed_by: if friend { attempt.customer_id } else { "" },
+            },
         };
-        let updated = tx
-            .execute(
-                "UPDATE coupons SET state = $3, order_no = $4, hold_until = $5, discount_fen = $6,
-                     order_total_fen = $7, redeemed_at = $8, redeemed_by = $9
-                 WHERE shop_id = $1 AND code = $2 AND state = $10 AND order_no = $11",
-                vec![
-                    shop_id.into(),
-                    code.into(),
-                    state.as_i32().into(),
-                    attempt.order_no.into(),
-                    hold_until.into(),
-                    if matches!(claim, Claim::Redeem(_)) {
-                        discount
-                    } else {
-                        0
-                    }
-                    .into(),
-                    total.into(),
-                    redeemed_at.into(),
-                    by.into(),
-                    coupon.state.into(),
-                    coupon.order_no.clone().into(),
-                ],
-            )
-            .await?;
-        if updated == 0 {
+        let (sql, values) = claim_update(shop_id, &coupon, &spec);
+        if tx.execute(sql, values).await? == 0 {
             // Another order got there between the read and the update.
             return Err(CouponError::Refused(Refusal::AlreadyUsed));
         }
@@ -525,38 +511,17 @@ impl Store {
         {
             return Err(CouponError::Refused(Refusal::LimitReached));
         }
-        let after = CouponRow {
-            state: state.as_i32(),
-            order_no: attempt.order_no.to_owned(),
-            hold_until,
-            discount_fen: if matches!(claim, Claim::Redeem(_)) {
-                discount
-            } else {
-                0
-            },
-            order_total_fen: total,
-            redeemed_at,
-            redeemed_by: by.to_owned(),
-            ..coupon
-        };
+        let after = spec.applied_to(&coupon);
         if let Claim::Redeem(total) = claim {
             outbox::append(
                 tx,
-                event(
+                redeemed_event(
                     shop_id,
-                    Payload::CouponRedeemed(CouponRedeemed {
-                        customer_id: attempt.customer_id.to_owned(),
-                        code: code.to_owned(),
-                        template_id: template.id.clone(),
-                        order_no: attempt.order_no.to_owned(),
-                        discount_fen: discount,
-                        order_total_fen: total,
-                        shared_by_customer_id: if friend {
-                            after.customer_id.clone()
-                        } else {
-                            String::new()
-                        },
-                    }),
+                    template,
+                    &after,
+                    attempt.customer_id,
+                    discount,
+                    total,
                 ),
             )
             .await?;
@@ -565,6 +530,54 @@ impl Store {
             coupon: after,
             discount_fen: discount,
         })
+    }
+
+    /// Redeems `coupon` (as read a moment ago, by its holder) in one
+    /// statement with its event, when it is still exactly as read: the
+    /// common checkout, two round trips on PostgreSQL in all. `None` when
+    /// it is not (raced, refused on the read, or used by a friend): the
+    /// caller then takes the transactional path, which decides afresh.
+    pub async fn redeem_at_once(
+        &self,
+        shop_id: &str,
+        template: &Template,
+        coupon: &CouponRow,
+        attempt: &Attempt<'_>,
+        total: i64,
+    ) -> Result<Option<Claimed>, CouponError> {
+        if coupon.customer_id != attempt.customer_id || coupon.state() == State::Redeemed {
+            return Ok(None);
+        }
+        let Ok(discount) = checkout::evaluate(&template.terms, &coupon.standing(), attempt) else {
+            return Ok(None);
+        };
+        let after = After {
+            state: State::Redeemed,
+            order_no: attempt.order_no,
+            hold_until: None,
+            discount_fen: discount,
+            order_total_fen: total,
+            redeemed_at: Some(attempt.now),
+            redeemed_by: "",
+        };
+        let (sql, values) = claim_update(shop_id, coupon, &after);
+        let row = after.applied_to(coupon);
+        let event = redeemed_event(
+            shop_id,
+            template,
+            &row,
+            attempt.customer_id,
+            discount,
+            total,
+        );
+        if !outbox::change_with_event(&self.db, sql, values, event).await? {
+            return Ok(None);
+        }
+        self.outbox.notify();
+        Ok(Some(Claimed {
+            coupon: row,
+            discount_fen: discount,
+        }))
     }
 
     /// Gives back a coupon held or used by `order_no`: usable again when
@@ -661,4 +674,88 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// A claim's update: the new state, matching only the coupon as it was
+/// read (state and order), so one of two racing writers wins.
+const CLAIM_SQL: &str =
+    "UPDATE coupons SET state = $3, order_no = $4, hold_until = $5, discount_fen = $6,
+         order_total_fen = $7, redeemed_at = $8, redeemed_by = $9
+     WHERE shop_id = $1 AND code = $2 AND state = $10 AND order_no = $11";
+
+/// What a claim writes.
+struct After<'a> {
+    state: State,
+    order_no: &'a str,
+    hold_until: Option<i64>,
+    discount_fen: i64,
+    order_total_fen: i64,
+    redeemed_at: Option<i64>,
+    redeemed_by: &'a str,
+}
+
+impl After<'_> {
+    fn applied_to(&self, coupon: &CouponRow) -> CouponRow {
+        CouponRow {
+            state: self.state.as_i32(),
+            order_no: self.order_no.to_owned(),
+            hold_until: self.hold_until,
+            discount_fen: self.discount_fen,
+            order_total_fen: self.order_total_fen,
+            redeemed_at: self.redeemed_at,
+            redeemed_by: self.redeemed_by.to_owned(),
+            ..coupon.clone()
+        }
+    }
+}
+
+fn claim_update(
+    shop_id: &str,
+    coupon: &CouponRow,
+    after: &After<'_>,
+) -> (&'static str, Vec<sea_orm::Value>) {
+    (
+        CLAIM_SQL,
+        vec![
+            shop_id.into(),
+            coupon.code.clone().into(),
+            after.state.as_i32().into(),
+            after.order_no.into(),
+            after.hold_until.into(),
+            after.discount_fen.into(),
+            after.order_total_fen.into(),
+            after.redeemed_at.into(),
+            after.redeemed_by.into(),
+            coupon.state.into(),
+            coupon.order_no.clone().into(),
+        ],
+    )
+}
+
+/// The event of a redemption; `user` is who redeemed it.
+fn redeemed_event(
+    shop_id: &str,
+    template: &Template,
+    coupon: &CouponRow,
+    user: &str,
+    discount: i64,
+    total: i64,
+) -> huitou_proto::events::v1::EventEnvelope {
+    let friend = coupon.customer_id != user;
+    event(
+        shop_id,
+        Payload::CouponRedeemed(CouponRedeemed {
+            customer_id: user.to_owned(),
+            code: coupon.code.clone(),
+            template_id: template.id.clone(),
+            order_no: coupon.order_no.clone(),
+            discount_fen: discount,
+            order_total_fen: total,
+            shared_by_customer_id: if friend {
+                coupon.customer_id.clone()
+            } else {
+                String::new()
+            },
+        }),
+    )
 }
