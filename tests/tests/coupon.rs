@@ -647,3 +647,63 @@ async fn a_bulk_run_streams_progress_stops_at_the_stock_and_resumes_without_issu
     assert_eq!(bad_fields(&err), vec!["request_id"]);
     suite.stop().await;
 }
+
+#[tokio::test]
+async fn a_shared_coupon_credits_its_holder_and_counts_against_the_friends_limit() {
+    let suite = TestSuite::start("coupon-share").await;
+    let mut ops = suite.coupons(&suite.shop.operator);
+    let mut front = suite.coupons(&suite.shop.storefront);
+    let mut shared = threshold_template("好友券", None, 1);
+    shared.shareable = true;
+    let t = create(&mut ops, shared).await;
+    let a = issued(&mut front, &t.template_id, "holder-a").await;
+    let b = issued(&mut front, &t.template_id, "holder-b").await;
+    assert_eq!(a.share_payload, format!("coupon:{}", a.code));
+
+    // A friend redeems A through its share payload: the holder is named.
+    let used = front
+        .redeem_coupon(redeem(&a.share_payload, "friend", "F-1"))
+        .await
+        .expect("friend redeems")
+        .into_inner()
+        .coupon
+        .unwrap();
+    assert_eq!(used.redeemed_by_customer_id, "friend");
+    assert_eq!(used.customer_id, "holder-a");
+    // The friend's one coupon of this template is used: B is refused.
+    let second = front
+        .validate_coupon(validate(&b.code, "friend", cart(19_900, 2)))
+        .await
+        .expect("validate")
+        .into_inner();
+    assert_eq!(second.refusal, pb::RefusalReason::LimitReached as i32);
+    let err = front
+        .redeem_coupon(redeem(&b.code, "friend", "F-2"))
+        .await
+        .expect_err("over the friend's limit");
+    assert_eq!(reason(&err), "LIMIT_REACHED");
+    // Given back, A counts no more against the friend.
+    front
+        .release_coupon(pb::ReleaseCouponRequest {
+            code: a.code.clone(),
+            order_no: "F-1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("release");
+    front
+        .redeem_coupon(redeem(&b.code, "friend", "F-2"))
+        .await
+        .expect("now within the limit");
+    let results = ops
+        .get_template_results(pb::GetTemplateResultsRequest {
+            template_id: t.template_id.clone(),
+        })
+        .await
+        .expect("results")
+        .into_inner()
+        .results
+        .unwrap();
+    assert_eq!((results.redeemed, results.redeemed_by_friends), (1, 1));
+    suite.stop().await;
+}

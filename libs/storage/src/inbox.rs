@@ -313,3 +313,48 @@ pub async fn sweep(db: &Database, retention: std::time::Duration) -> Result<u64,
     )
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Named(&'static str);
+
+    impl Inbox for Named {
+        fn consumer(&self) -> &'static str {
+            self.0
+        }
+
+        fn deliver<'a>(
+            &'a self,
+            _events: &'a [EventEnvelope],
+        ) -> BoxFuture<'a, Result<(i32, i32), Failure>> {
+            Box::pin(async { Ok((0, 0)) })
+        }
+    }
+
+    #[test]
+    fn deliveries_go_to_the_named_consumer_or_the_only_one() {
+        let mut one = Inboxes::new();
+        one.add(Arc::new(Named("loyalty")));
+        // One inbox: the header is not needed, whatever a subscriber is called.
+        assert_eq!(one.pick(None).map(|i| i.consumer()).ok(), Some("loyalty"));
+        assert_eq!(
+            one.pick(Some("probe")).map(|i| i.consumer()).ok(),
+            Some("loyalty")
+        );
+        let mut two = one.clone();
+        two.add(Arc::new(Named("coupon")));
+        assert_eq!(
+            two.pick(Some("coupon")).map(|i| i.consumer()).ok(),
+            Some("coupon")
+        );
+        assert_eq!(
+            two.pick(Some("loyalty")).map(|i| i.consumer()).ok(),
+            Some("loyalty")
+        );
+        let refused = two.pick(None).err().expect("no header with two inboxes");
+        assert_eq!(refused.violations[0].field, CONSUMER_HEADER);
+        assert!(two.pick(Some("notification")).is_err());
+    }
+}

@@ -92,6 +92,14 @@ impl Default for OutboxConfig {
 }
 
 impl OutboxConfig {
+    /// Adds `subscriber` unless one of its name is configured already
+    /// (settings win over the suite's own wiring).
+    pub fn subscribe_if_absent(&mut self, subscriber: Subscriber) {
+        if !self.subscribers.iter().any(|s| s.name == subscriber.name) {
+            self.subscribers.push(subscriber);
+        }
+    }
+
     /// Problems with the settings under `section`.
     pub fn problems(&self, section: &str) -> Vec<String> {
         let mut p = Vec::new();

@@ -155,10 +155,7 @@ impl CouponService {
 
     /// Adds `subscriber` to the outbox unless one of its name is there.
     pub fn subscribe_if_absent(&mut self, subscriber: huitou_storage::outbox::Subscriber) {
-        let subscribers = &mut self.config.outbox.subscribers;
-        if !subscribers.iter().any(|s| s.name == subscriber.name) {
-            subscribers.push(subscriber);
-        }
+        self.config.outbox.subscribe_if_absent(subscriber);
     }
 
     /// Periodic work until `stop`: expiry and reminders, birthday coupons,

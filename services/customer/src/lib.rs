@@ -151,10 +151,7 @@ impl CustomerService {
     /// Adds a subscriber unless one of that name is configured (how the
     /// one-process suite subscribes its own services).
     pub fn subscribe_if_absent(&mut self, subscriber: huitou_storage::outbox::Subscriber) {
-        let subscribers = &mut self.config.outbox.subscribers;
-        if !subscribers.iter().any(|s| s.name == subscriber.name) {
-            subscribers.push(subscriber);
-        }
+        self.config.outbox.subscribe_if_absent(subscriber);
     }
 
     /// The relay delivering this service's events.

@@ -124,10 +124,7 @@ impl LoyaltyService {
 
     /// Adds `subscriber` to the outbox unless one of its name is there.
     pub fn subscribe_if_absent(&mut self, subscriber: huitou_storage::outbox::Subscriber) {
-        let subscribers = &mut self.config.outbox.subscribers;
-        if !subscribers.iter().any(|s| s.name == subscriber.name) {
-            subscribers.push(subscriber);
-        }
+        self.config.outbox.subscribe_if_absent(subscriber);
     }
 
     /// The relay delivering this service's events.

@@ -219,6 +219,24 @@ impl CouponApi {
     }
 }
 
+/// Checks what every checkout call names (a code, the customer, the
+/// order, the cart) into `v`; the canonical code and the checked cart.
+/// A code with a typo is refused at once, before anything is looked up.
+fn checkout_fields(
+    code: &str,
+    customer_id: &str,
+    order_no: Option<&str>,
+    cart: Option<&pb::Cart>,
+    v: &mut FieldViolations,
+) -> Result<(String, CheckedCart), Failure> {
+    let code = convert::code_in(code, "code")?;
+    convert::customer_id(customer_id, "customer_id", v);
+    if let Some(order_no) = order_no {
+        convert::order_no(order_no, "order_no", v);
+    }
+    Ok((code, convert::cart_in(cart, v)))
+}
+
 /// Which coupon, for whom, for which order.
 #[derive(Clone, Copy)]
 struct Checkout<'a> {
@@ -704,13 +722,14 @@ impl CouponService for CouponApi {
     ) -> Result<Response<pb::ValidateCouponResponse>, Status> {
         let caller = caller(&request)?;
         let req = request.into_inner();
-        let code = convert::code_in(&req.code, "code")?;
         let mut v = FieldViolations::new();
-        convert::customer_id(&req.customer_id, "customer_id", &mut v);
-        if !req.order_no.is_empty() {
-            convert::order_no(&req.order_no, "order_no", &mut v);
-        }
-        let cart = convert::cart_in(req.cart.as_ref(), &mut v);
+        let (code, cart) = checkout_fields(
+            &req.code,
+            &req.customer_id,
+            (!req.order_no.is_empty()).then_some(req.order_no.as_str()),
+            req.cart.as_ref(),
+            &mut v,
+        )?;
         v.finish()?;
         let row = self.coupon(&caller, &code).await?;
         let template = self
@@ -769,16 +788,19 @@ impl CouponService for CouponApi {
     ) -> Result<Response<pb::HoldCouponResponse>, Status> {
         let caller = caller(&request)?;
         let req = request.into_inner();
-        let code = convert::code_in(&req.code, "code")?;
         let mut v = FieldViolations::new();
-        convert::customer_id(&req.customer_id, "customer_id", &mut v);
-        convert::order_no(&req.order_no, "order_no", &mut v);
+        let (code, cart) = checkout_fields(
+            &req.code,
+            &req.customer_id,
+            Some(&req.order_no),
+            req.cart.as_ref(),
+            &mut v,
+        )?;
         v.check(
             req.hold_seconds == 0 || (60..=3600).contains(&req.hold_seconds),
             "hold_seconds",
             "must be 60-3600, or 0 for 900",
         );
-        let cart = convert::cart_in(req.cart.as_ref(), &mut v);
         v.finish()?;
         let seconds = if req.hold_seconds == 0 {
             DEFAULT_HOLD_SECONDS
@@ -811,12 +833,15 @@ impl CouponService for CouponApi {
     ) -> Result<Response<pb::RedeemCouponResponse>, Status> {
         let caller = caller(&request)?;
         let req = request.into_inner();
-        let code = convert::code_in(&req.code, "code")?;
         let mut v = FieldViolations::new();
+        let (code, cart) = checkout_fields(
+            &req.code,
+            &req.customer_id,
+            Some(&req.order_no),
+            req.cart.as_ref(),
+            &mut v,
+        )?;
         check_request_id(&req.request_id, &mut v);
-        convert::customer_id(&req.customer_id, "customer_id", &mut v);
-        convert::order_no(&req.order_no, "order_no", &mut v);
-        let cart = convert::cart_in(req.cart.as_ref(), &mut v);
         v.finish()?;
         let key =
             IdempotencyKey::for_request(&caller.shop_id, "RedeemCoupon", &req.request_id, &req);

@@ -46,8 +46,6 @@ pub struct Buyer<'a> {
     pub paid_orders: i64,
     /// Loyalty tier code; empty when not known.
     pub tier_code: &'a str,
-    /// Coupons of this template the buyer already holds or used.
-    pub held_of_template: i64,
 }
 
 /// Why a coupon cannot be issued to a buyer.
@@ -59,17 +57,14 @@ pub enum NotEligible {
     NotReturningBuyer,
     /// The buyer's tier is not one the template is for.
     TierNotEligible,
-    /// The buyer already has as many as the per-customer limit allows.
+    /// The buyer already has as many as the per-customer limit allows
+    /// (decided by the store's conditional count, not here: it must hold
+    /// under concurrent issues).
     LimitReached,
 }
 
-/// Whether `buyer` may receive one more coupon of a template for
-/// `audience` with `per_customer_limit` (0: no limit).
-pub fn eligible(
-    audience: &Audience,
-    per_customer_limit: i64,
-    buyer: Buyer,
-) -> Result<(), NotEligible> {
+/// Whether `buyer` is in a template's `audience`.
+pub fn eligible(audience: &Audience, buyer: Buyer) -> Result<(), NotEligible> {
     if audience.new_buyers_only && buyer.paid_orders > 0 {
         return Err(NotEligible::NotNewBuyer);
     }
@@ -78,9 +73,6 @@ pub fn eligible(
     }
     if !audience.tier_codes.is_empty() && !audience.tier_codes.contains(buyer.tier_code) {
         return Err(NotEligible::TierNotEligible);
-    }
-    if per_customer_limit > 0 && buyer.held_of_template >= per_customer_limit {
-        return Err(NotEligible::LimitReached);
     }
     Ok(())
 }
@@ -107,22 +99,15 @@ pub fn usable(from: i64, until: i64, now: i64) -> Usable {
     }
 }
 
-/// Whether a coupon expiring at `until` should get its "expires soon"
-/// reminder at `now`, `days` ahead.
-pub fn expiring_soon(until: i64, now: i64, days: i32) -> bool {
-    now < until && until - now <= i64::from(days) * DAY_MICROS
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn buyer(paid_orders: i64, tier_code: &str, held: i64) -> Buyer<'_> {
+    fn buyer(paid_orders: i64, tier_code: &str) -> Buyer<'_> {
         Buyer {
             paid_orders,
             tier_code,
-            held_of_template: held,
         }
     }
 
@@ -132,9 +117,9 @@ mod tests {
             new_buyers_only: true,
             ..Audience::default()
         };
-        assert_eq!(eligible(&new_only, 0, buyer(0, "", 0)), Ok(()));
+        assert_eq!(eligible(&new_only, buyer(0, "")), Ok(()));
         assert_eq!(
-            eligible(&new_only, 0, buyer(1, "", 0)),
+            eligible(&new_only, buyer(1, "")),
             Err(NotEligible::NotNewBuyer)
         );
         let gold_returning = Audience {
@@ -143,18 +128,14 @@ mod tests {
             ..Audience::default()
         };
         assert_eq!(
-            eligible(&gold_returning, 1, buyer(0, "PLATINUM", 0)),
+            eligible(&gold_returning, buyer(0, "PLATINUM")),
             Err(NotEligible::NotReturningBuyer)
         );
         assert_eq!(
-            eligible(&gold_returning, 1, buyer(2, "SILVER", 0)),
+            eligible(&gold_returning, buyer(2, "SILVER")),
             Err(NotEligible::TierNotEligible)
         );
-        assert_eq!(eligible(&gold_returning, 1, buyer(2, "GOLD", 0)), Ok(()));
-        assert_eq!(
-            eligible(&gold_returning, 1, buyer(2, "GOLD", 1)),
-            Err(NotEligible::LimitReached)
-        );
+        assert_eq!(eligible(&gold_returning, buyer(2, "GOLD")), Ok(()));
     }
 
     #[test]
@@ -165,26 +146,17 @@ mod tests {
         assert_eq!(usable(from, until, issued), Usable::Yes);
         assert_eq!(usable(from, until, until), Usable::Expired);
         assert_eq!(usable(from, until, from - 1), Usable::NotYet);
-        assert!(expiring_soon(until, until - 3 * DAY_MICROS, 3));
-        assert!(!expiring_soon(until, until - 3 * DAY_MICROS - 1, 3));
-        assert!(!expiring_soon(until, until, 3));
     }
 
     proptest! {
-        /// A coupon is usable exactly inside its window, and a per-customer
-        /// limit of n lets exactly n coupons through.
+        /// A coupon is usable exactly inside its window.
         #[test]
-        fn windows_and_limits_hold(
+        fn usable_exactly_inside_the_window(
             from in 0i64..1_000_000, len in 1i64..1_000_000, now in -10i64..3_000_000,
-            limit in 1i64..10,
         ) {
             let until = from + len;
             let u = usable(from, until, now);
             prop_assert_eq!(u == Usable::Yes, from <= now && now < until);
-            let passed = (0..20)
-                .filter(|held| eligible(&Audience::default(), limit, buyer(1, "", *held)).is_ok())
-                .count() as i64;
-            prop_assert_eq!(passed, limit);
         }
     }
 }

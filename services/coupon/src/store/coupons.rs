@@ -67,15 +67,6 @@ impl CouponRow {
             hold_until: self.hold_until,
         }
     }
-
-    /// Who used it: the friend when a friend did, else the holder.
-    pub fn user(&self) -> &str {
-        if self.redeemed_by.is_empty() {
-            &self.customer_id
-        } else {
-            &self.redeemed_by
-        }
-    }
 }
 
 /// How an issue came about.
@@ -194,11 +185,9 @@ impl Store {
         let buyer = self.buyer(&**tx, shop_id, customer_id).await?;
         rules::eligible(
             &template.audience,
-            0,
             Buyer {
                 paid_orders: buyer.paid_orders,
                 tier_code: &buyer.tier_code,
-                held_of_template: 0,
             },
         )
         .map_err(CouponError::NotEligible)?;

@@ -176,7 +176,7 @@ impl Store {
                     return store
                         .find_run(&**tx, &shop, &run.id)
                         .await?
-                        .ok_or(CouponError::TemplateNotFound);
+                        .ok_or_else(|| StorageError::Retry("bulk run vanished".into()).into());
                 }
                 let rows = tx
                     .query_all(

@@ -1,0 +1,187 @@
+//! The coupon service's periodic work at fixed clocks: the "expires soon"
+//! reminder once per coupon, expiry when the window closes, and birthday
+//! coupons once per buyer and year — each with its outbox event.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test code fails loudly
+
+use huitou_coupon::domain::rules::DAY_MICROS;
+use huitou_coupon::store::Store;
+use huitou_coupon::store::buyers::BuyerChange;
+use huitou_coupon::store::coupons::IssueSpec;
+use huitou_coupon::{CouponConfig, CouponService};
+use huitou_proto::coupon::v1 as pb;
+use huitou_proto::coupon::v1::coupon_template::{Benefit, Validity};
+use huitou_testkit::TestDatabase;
+
+const SHOP: &str = "shop-sweep";
+
+async fn events(store: &Store, event_type: &str) -> i64 {
+    let rows = store
+        .read(
+            "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM outbox_events WHERE event_type = $1",
+            vec![event_type.into()],
+        )
+        .await
+        .expect("count");
+    rows[0].try_get("", "n").expect("n")
+}
+
+async fn template(store: &Store, name: &str) -> huitou_coupon::template::Template {
+    let message = huitou_coupon::template::check_new(
+        Some(&pb::CouponTemplate {
+            name: name.into(),
+            benefit: Some(Benefit::AmountOff(pb::AmountOff { amount_fen: 500 })),
+            validity: Some(Validity::ValidDaysAfterIssue(30)),
+            ..Default::default()
+        }),
+        0,
+    )
+    .expect("valid template");
+    let (t, _) = store
+        .transaction(move |tx, store| {
+            let message = message.clone();
+            Box::pin(async move { store.create_template(tx, SHOP, &message).await })
+        })
+        .await
+        .expect("create");
+    t
+}
+
+#[tokio::test]
+async fn reminders_once_then_expiry_and_birthdays_once_a_year() {
+    let db = TestDatabase::new("coupon-sweep").await;
+    let service = CouponService::open(
+        &CouponConfig {
+            database: db.config.clone(),
+            ..Default::default()
+        },
+        true,
+    )
+    .await
+    .expect("open");
+    let store = service.store.clone();
+    let t = template(&store, "五元券").await;
+    // 2026-03-10 12:00 UTC (20:00 in Shanghai).
+    let issued_at = 1_773_144_000_000_000;
+    let coupon = store
+        .transaction({
+            let t = t.clone();
+            move |tx, store| {
+                let t = t.clone();
+                Box::pin(async move {
+                    let spec = IssueSpec {
+                        key: "k1".into(),
+                        reason: "test",
+                        agent: None,
+                    };
+                    store.issue(tx, SHOP, &t, "c-1", &spec, issued_at).await
+                })
+            }
+        })
+        .await
+        .expect("issue")
+        .coupon;
+
+    // 26 days on: nothing yet. 27.5 days on: one reminder, and only one.
+    let r = store
+        .sweep(issued_at + 26 * DAY_MICROS, 3)
+        .await
+        .expect("sweep");
+    assert_eq!((r.expired, r.reminded), (0, 0));
+    let r = store
+        .sweep(issued_at + 27 * DAY_MICROS + DAY_MICROS / 2, 3)
+        .await
+        .expect("sweep");
+    assert_eq!((r.expired, r.reminded), (0, 1));
+    let r = store
+        .sweep(issued_at + 28 * DAY_MICROS, 3)
+        .await
+        .expect("sweep");
+    assert_eq!((r.expired, r.reminded), (0, 0));
+    assert_eq!(events(&store, "coupon.expiring_soon").await, 1);
+
+    // The window closes at 30 days: expired once, with its event.
+    let r = store
+        .sweep(issued_at + 30 * DAY_MICROS, 3)
+        .await
+        .expect("sweep");
+    assert_eq!((r.expired, r.reminded), (1, 0));
+    let r = store
+        .sweep(issued_at + 31 * DAY_MICROS, 3)
+        .await
+        .expect("sweep");
+    assert_eq!(r.expired, 0);
+    assert_eq!(events(&store, "coupon.expired").await, 1);
+    let row = store
+        .find_coupon(store.db.conn(), SHOP, &coupon.code)
+        .await
+        .expect("find")
+        .expect("coupon");
+    assert_eq!(row.state, 4);
+
+    // Birthdays: the rule's template goes to buyers born today in its
+    // time zone, once a year however often the run comes.
+    let gift = template(&store, "生日券").await;
+    store
+        .transaction({
+            let gift = gift.id.clone();
+            move |tx, store| {
+                let gift = gift.clone();
+                Box::pin(async move {
+                    store
+                        .set_rule(
+                            tx,
+                            SHOP,
+                            &pb::IssueRule {
+                                trigger: pb::IssueTrigger::Birthday as i32,
+                                template_id: gift,
+                                active: true,
+                                positive_reviews_only: false,
+                            },
+                        )
+                        .await?;
+                    // 20:00 UTC on 10 March is already 11 March in Shanghai.
+                    store
+                        .change_buyer(tx, SHOP, "born-0311", BuyerChange::Birthday(3, 11))
+                        .await?;
+                    store
+                        .change_buyer(tx, SHOP, "born-0310", BuyerChange::Birthday(3, 10))
+                        .await
+                })
+            }
+        })
+        .await
+        .expect("rule and buyers");
+    let evening = 1_773_172_800_000_000; // 2026-03-10 20:00 UTC
+    assert_eq!(store.birthday_gifts(evening).await.expect("gifts"), 1);
+    assert_eq!(
+        store
+            .birthday_gifts(evening + 3_600_000_000)
+            .await
+            .expect("again"),
+        0
+    );
+    let got = store
+        .list_coupons(SHOP, "born-0311", None, None, 10)
+        .await
+        .expect("list");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].template_id, gift.id);
+    assert!(
+        store
+            .list_coupons(SHOP, "born-0310", None, None, 10)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    // A year later, again.
+    assert_eq!(
+        store
+            .birthday_gifts(evening + 365 * DAY_MICROS)
+            .await
+            .expect("next year"),
+        1
+    );
+    store.db.clone().close().await;
+    db.cleanup().await;
+}
