@@ -13,6 +13,7 @@ use huitou_proto::coupon::v1::coupon_service_client::CouponServiceClient;
 use huitou_proto::customer::v1::customer_service_client::CustomerServiceClient;
 use huitou_proto::customer::v1::shop_service_client::ShopServiceClient;
 use huitou_proto::loyalty::v1::loyalty_service_client::LoyaltyServiceClient;
+use huitou_proto::notification::v1::notification_service_client::NotificationServiceClient;
 use huitou_runtime::Role;
 use huitou_testkit::TestDatabase;
 use secrecy::SecretString;
@@ -73,6 +74,10 @@ pub type Loyalty =
 pub type Coupons =
     CouponServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
 
+/// A notification-service client with a key.
+pub type Notifications =
+    NotificationServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
+
 /// A suite serving on an ephemeral port.
 pub struct TestSuite {
     /// Where it listens.
@@ -87,6 +92,8 @@ pub struct TestSuite {
     pub loyalty_database: Option<TestDatabase>,
     /// The coupon service's database, when it runs.
     pub coupon_database: Option<TestDatabase>,
+    /// The notification service's database, when it runs.
+    pub notification_database: Option<TestDatabase>,
     /// Its settings.
     pub settings: Settings,
     stop: Option<oneshot::Sender<()>>,
@@ -141,6 +148,30 @@ pub fn with_coupon(settings: &mut Settings, database: &TestDatabase, redis_url: 
     settings.coupon = Some(coupon);
 }
 
+/// Adds the notification service over its own `database` to `settings`,
+/// sending every channel to a JSON-lines file at `sink`, with `dispatchers`
+/// dispatchers polling often.
+pub fn with_notification(
+    settings: &mut Settings,
+    database: &TestDatabase,
+    sink: &std::path::Path,
+    dispatchers: usize,
+) {
+    let mut n = huitou_notification::NotificationConfig {
+        database: database.config.clone(),
+        dispatchers,
+        idle_millis: 20,
+        ..Default::default()
+    };
+    n.providers.insert(
+        "log".into(),
+        huitou_notification::providers::ProviderConfig::Log {
+            path: sink.display().to_string(),
+        },
+    );
+    settings.notification = Some(n);
+}
+
 async fn shop_keys(suite: &Suite, name: &str) -> ShopKeys {
     let store = &suite.customer().expect("customer runs").store;
     let shop = store
@@ -187,6 +218,7 @@ impl TestSuite {
             database,
             loyalty_database: None,
             coupon_database: None,
+            notification_database: None,
             settings,
             stop: Some(stop),
             task: Some(task),
@@ -287,6 +319,11 @@ impl TestSuite {
         CouponServiceClient::with_interceptor(self.channel.clone(), bearer(key))
     }
 
+    /// A notification-service client presenting `key`.
+    pub fn notifications(&self, key: &str) -> Notifications {
+        NotificationServiceClient::with_interceptor(self.channel.clone(), bearer(key))
+    }
+
     /// A coupon-service client presenting `key` over `channel`.
     pub fn coupons_via(&self, channel: Channel, key: &str) -> Coupons {
         CouponServiceClient::with_interceptor(channel, bearer(key))
@@ -301,6 +338,9 @@ impl TestSuite {
         }
         if let Some(coupon) = self.coupon_database.take() {
             coupon.cleanup().await;
+        }
+        if let Some(n) = self.notification_database.take() {
+            n.cleanup().await;
         }
         self.database
     }

@@ -30,6 +30,12 @@ pub mod coupon {
     }
 }
 
+pub mod notification {
+    pub mod v1 {
+        tonic::include_proto!("huitou.notification.v1");
+    }
+}
+
 pub mod bench {
     pub mod v1 {
         tonic::include_proto!("huitou.bench.v1");

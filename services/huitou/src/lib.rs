@@ -11,6 +11,7 @@ use std::sync::Arc;
 use huitou_coupon::CouponService;
 use huitou_customer::CustomerService;
 use huitou_loyalty::LoyaltyService;
+use huitou_notification::NotificationService;
 use huitou_proto::events::v1::event_consumer_service_server::EventConsumerServiceServer;
 use huitou_runtime::auth::Authenticator;
 use huitou_runtime::server::GrpcServer;
@@ -34,6 +35,9 @@ pub enum SuiteError {
     /// The coupon service could not start.
     #[error(transparent)]
     Coupon(#[from] huitou_coupon::StartError),
+    /// The notification service could not start.
+    #[error(transparent)]
+    Notification(#[from] huitou_notification::StartError),
     /// The listener has no address.
     #[error("the listener has no address: {0}")]
     Listener(std::io::Error),
@@ -63,6 +67,8 @@ pub enum Services {
     Loyalty,
     /// The coupon service alone; API keys are checked as for loyalty.
     Coupon,
+    /// The notification service alone; API keys are checked as for loyalty.
+    Notification,
 }
 
 /// The services of one process.
@@ -74,6 +80,8 @@ pub struct Suite {
     pub loyalty: Option<LoyaltyService>,
     /// The coupon service, when it runs here.
     pub coupon: Option<CouponService>,
+    /// The notification service, when it runs here.
+    pub notification: Option<NotificationService>,
 }
 
 impl Suite {
@@ -96,6 +104,9 @@ impl Suite {
         if which != Services::All && which != Services::Coupon {
             settings.coupon = None;
         }
+        if which != Services::All && which != Services::Notification {
+            settings.notification = None;
+        }
         if run_customer {
             problems.extend(settings.customer.problems("customer"));
         }
@@ -110,6 +121,13 @@ impl Suite {
             Some(coupon) => problems.extend(coupon.problems("coupon")),
             None if which == Services::Coupon => {
                 problems.push("coupon: the [coupon] section is required".into())
+            }
+            None => {}
+        }
+        match &settings.notification {
+            Some(n) => problems.extend(n.problems("notification")),
+            None if which == Services::Notification => {
+                problems.push("notification: the [notification] section is required".into())
             }
             None => {}
         }
@@ -135,11 +153,18 @@ impl Suite {
             Some(config) => Some(CouponService::open(config, migrate).await?),
             None => None,
         };
+        let notification = match &settings.notification {
+            Some(config) => {
+                Some(NotificationService::open(config, migrate, &settings.auth.token()).await?)
+            }
+            None => None,
+        };
         Ok(Self {
             settings,
             customer,
             loyalty,
             coupon,
+            notification,
         })
     }
 
@@ -162,6 +187,9 @@ impl Suite {
         if self.coupon.is_some() {
             names.push(huitou_coupon::SERVICE);
         }
+        if self.notification.is_some() {
+            names.push(huitou_notification::SERVICE);
+        }
         names
     }
 
@@ -183,6 +211,7 @@ impl Suite {
         let authenticator = Authenticator::new(keys, &token);
         let mut server = GrpcServer::new(self.settings.server.clone(), authenticator);
         let mut inboxes = Inboxes::new();
+        self.subscribe_each_other(&listener)?;
         if let Some(customer) = &self.customer {
             customer.register(&mut server);
         }
@@ -194,6 +223,10 @@ impl Suite {
             coupon.register(&mut server);
             inboxes.add(coupon.inbox());
         }
+        if let Some(notification) = &self.notification {
+            notification.register(&mut server);
+            inboxes.add(notification.inbox());
+        }
         if !inboxes.is_empty() {
             let limit = server.config().max_message_bytes;
             server.add_service(
@@ -202,7 +235,6 @@ impl Suite {
                     .accept_compressed(CompressionEncoding::Gzip),
             );
         }
-        self.subscribe_each_other(&listener)?;
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -236,6 +268,10 @@ impl Suite {
             let coupon = Arc::new(coupon);
             let stop = stopped(stop_rx.clone());
             tasks.push(tokio::spawn(async move { coupon.housekeeping(stop).await }));
+        }
+        if let Some(notification) = self.notification {
+            let stop = stop_rx.clone();
+            tasks.push(tokio::spawn(async move { notification.run(stop).await }));
         }
 
         let result = server.serve(listener, shutdown).await;
@@ -283,6 +319,32 @@ impl Suite {
                 s.event_types.retain(|t| !t.starts_with("loyalty."));
                 customer.subscribe_if_absent(s);
             }
+        }
+        if self.notification.is_some() {
+            let s = subscriber(
+                huitou_notification::SERVICE,
+                huitou_notification::events::SUBSCRIBED,
+                "",
+            );
+            if let Some(customer) = &mut self.customer {
+                let mut from_customer = s.clone();
+                from_customer
+                    .event_types
+                    .retain(|t| t.starts_with("customer.") || t.starts_with("order."));
+                customer.subscribe_if_absent(from_customer);
+            }
+            if let Some(coupon) = &mut self.coupon {
+                let mut from_coupon = s;
+                from_coupon.event_types.retain(|t| t.starts_with("coupon."));
+                coupon.subscribe_if_absent(from_coupon);
+            }
+        }
+        if let (Some(notification), true) = (&mut self.notification, self.customer.is_some()) {
+            // The customer service is in this process: addresses come from
+            // its own address.
+            notification
+                .use_customer_endpoint(&endpoint, &self.settings.auth.token())
+                .map_err(|e| SuiteError::Settings(vec![e.to_string()]))?;
         }
         if let (Some(loyalty), Some(_)) = (&mut self.loyalty, &self.coupon) {
             loyalty.subscribe_if_absent(subscriber(

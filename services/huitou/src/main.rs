@@ -126,6 +126,7 @@ enum ServiceName {
     Customer,
     Loyalty,
     Coupon,
+    Notification,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -134,6 +135,7 @@ enum MigrateTarget {
     Customer,
     Loyalty,
     Coupon,
+    Notification,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -169,6 +171,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ServiceName::Customer => ("customer", Services::Customer),
                 ServiceName::Loyalty => ("loyalty", Services::Loyalty),
                 ServiceName::Coupon => ("coupon", Services::Coupon),
+                ServiceName::Notification => ("notification", Services::Notification),
             };
             let _telemetry = telemetry::init(&format!("huitou-{name}"), &settings.telemetry)?;
             let listen = settings.server.listen;
@@ -213,6 +216,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                     None if matches!(service, MigrateTarget::Coupon) => {
                         bail!("coupon is not configured (no [coupon] section)")
+                    }
+                    None => {}
+                }
+            }
+            if matches!(service, MigrateTarget::All | MigrateTarget::Notification) {
+                match &settings.notification {
+                    Some(n) => {
+                        let db = huitou_storage::Database::connect(&n.database).await?;
+                        huitou_notification::migrate(&db).await?;
+                        println!("notification: migrations applied");
+                    }
+                    None if matches!(service, MigrateTarget::Notification) => {
+                        bail!("notification is not configured (no [notification] section)")
                     }
                     None => {}
                 }

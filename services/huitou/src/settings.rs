@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use huitou_coupon::CouponConfig;
 use huitou_customer::CustomerConfig;
 use huitou_loyalty::LoyaltyConfig;
+use huitou_notification::NotificationConfig;
 use huitou_privacy::PersonalDataConfig;
 use huitou_runtime::config::{ConfigError, ServerConfig, TelemetryConfig, Validate, load_layers};
 use huitou_storage::DatabaseConfig;
@@ -61,6 +62,8 @@ pub struct Settings {
     pub loyalty: Option<LoyaltyConfig>,
     /// The coupon service; it runs in this process when present.
     pub coupon: Option<CouponConfig>,
+    /// The notification service; it runs in this process when present.
+    pub notification: Option<NotificationConfig>,
 }
 
 impl Validate for Settings {
@@ -99,6 +102,18 @@ pub fn embedded(data_dir: &Path, config_file: Option<&Path>) -> Result<Settings,
         database: DatabaseConfig::sqlite_file(&data_dir.join("coupon.db")),
         ..CouponConfig::default()
     });
+    let mut notification = NotificationConfig {
+        database: DatabaseConfig::sqlite_file(&data_dir.join("notification.db")),
+        ..NotificationConfig::default()
+    };
+    // Messages leave through the file provider: one JSON line each.
+    notification.providers.insert(
+        "log".into(),
+        huitou_notification::providers::ProviderConfig::Log {
+            path: data_dir.join("messages.jsonl").display().to_string(),
+        },
+    );
+    defaults.notification = Some(notification);
     let mut files: Vec<&Path> = vec![&secrets];
     files.extend(config_file);
     load_layers(&defaults, &files)

@@ -579,6 +579,96 @@ impl CustomerService for CustomerApi {
         Ok(Response::new(response))
     }
 
+    async fn resolve_contacts(
+        &self,
+        request: Request<pb::ResolveContactsRequest>,
+    ) -> Result<Response<pb::ResolveContactsResponse>, Status> {
+        let caller = caller(&request)?;
+        if caller.role != huitou_runtime::auth::Role::Internal {
+            return Err(Failure::permission_denied(
+                "only Huitou's own services may resolve contact addresses",
+            )
+            .into());
+        }
+        let req = request.into_inner();
+        let mut v = FieldViolations::new();
+        v.check(
+            (1..=1000).contains(&req.customer_ids.len()),
+            "customer_ids",
+            "must name 1-1000 customers",
+        );
+        for (i, id) in req.customer_ids.iter().enumerate() {
+            convert::id_field(id, &format!("customer_ids[{i}]"), &mut v);
+        }
+        let channel = pb::Channel::try_from(req.channel).unwrap_or(pb::Channel::Unspecified);
+        v.check(
+            channel != pb::Channel::Unspecified,
+            "channel",
+            "must be one of CHANNEL_SMS, _WECHAT, _PLATFORM_IM, _EMAIL, _APP_PUSH, _PHONE_CALL",
+        );
+        convert::reason(&req.reason, &mut v);
+        v.finish()?;
+        let records = self
+            .store
+            .customers_by_ids(&caller.shop_id, &req.customer_ids)
+            .await?;
+        let mut found = std::collections::HashMap::with_capacity(records.len());
+        for r in &records {
+            if r.customer.erased_at.is_some() {
+                continue;
+            }
+            let address = match channel {
+                pb::Channel::Sms | pb::Channel::PhoneCall => {
+                    r.reveal(&self.store.vault, ContactField::Phone)?
+                }
+                pb::Channel::Wechat => r.reveal(&self.store.vault, ContactField::WechatId)?,
+                pb::Channel::Email => r.reveal(&self.store.vault, ContactField::Email)?,
+                pb::Channel::PlatformIm => Some(r.customer.buyer_nick.clone()),
+                pb::Channel::AppPush => Some(r.customer.id.clone()),
+                pb::Channel::Unspecified => None,
+            };
+            if let Some(a) = address.filter(|a| !a.is_empty()) {
+                found.insert(r.customer.id.as_str(), a);
+            }
+        }
+        let opened: Vec<String> = found.keys().map(|id| (*id).to_owned()).collect();
+        if !opened.is_empty() {
+            let field = match channel {
+                pb::Channel::Sms | pb::Channel::PhoneCall => ContactField::Phone.as_i32(),
+                pb::Channel::Wechat => ContactField::WechatId.as_i32(),
+                pb::Channel::Email => ContactField::Email.as_i32(),
+                _ => 0,
+            };
+            let reason = req.reason.trim().to_owned();
+            self.store
+                .write_answer(move |tx, store| {
+                    let (caller, opened, reason) = (caller.clone(), opened.clone(), reason.clone());
+                    Box::pin(async move {
+                        store
+                            .audit_each(
+                                tx,
+                                &caller,
+                                AuditAction::ResolveContacts,
+                                &opened,
+                                field,
+                                &reason,
+                            )
+                            .await
+                    })
+                })
+                .await?;
+        }
+        let addresses = req
+            .customer_ids
+            .iter()
+            .map(|id| pb::ContactAddress {
+                customer_id: id.clone(),
+                address: found.get(id.as_str()).cloned().unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(pb::ResolveContactsResponse { addresses }))
+    }
+
     async fn erase_customer(
         &self,
         request: Request<pb::EraseCustomerRequest>,

@@ -14,6 +14,8 @@ pub enum AuditAction {
     RevealContact = 1,
     /// Personal data erased.
     EraseCustomer = 2,
+    /// Addresses read for sending messages.
+    ResolveContacts = 3,
 }
 
 /// One audit entry.
@@ -66,6 +68,55 @@ impl Store {
         )
         .await?;
         Ok(id)
+    }
+
+    /// Writes one audit entry per customer in `tx`, in one statement.
+    pub async fn audit_each(
+        &self,
+        tx: &WriteTx,
+        caller: &Caller,
+        action: AuditAction,
+        customer_ids: &[String],
+        field: i32,
+        reason: &str,
+    ) -> Result<(), CustomerError> {
+        use huitou_storage::bulk::{self, Col};
+        let now = now_micros();
+        let rows = customer_ids
+            .iter()
+            .map(|customer| {
+                vec![
+                    caller.shop_id.clone().into(),
+                    new_id().into(),
+                    (action as i32).into(),
+                    customer.clone().into(),
+                    field.into(),
+                    reason.into(),
+                    caller.key_id.clone().into(),
+                    caller.role.as_str().into(),
+                    now.into(),
+                ]
+            })
+            .collect();
+        bulk::insert(
+            tx,
+            "audit_entries",
+            &[
+                ("shop_id", Col::Text),
+                ("id", Col::Text),
+                ("action", Col::Int),
+                ("customer_id", Col::Text),
+                ("field", Col::Int),
+                ("reason", Col::Text),
+                ("actor_key_id", Col::Text),
+                ("actor_role", Col::Text),
+                ("created_at", Col::BigInt),
+            ],
+            rows,
+            "",
+        )
+        .await?;
+        Ok(())
     }
 
     /// A page of audit entries, newest first, before `before` (an id).

@@ -491,6 +491,34 @@ impl Store {
         .ok_or(CustomerError::CustomerNotFound)
     }
 
+    /// Reads the customers with these ids (unknown ids are left out).
+    pub async fn customers_by_ids(
+        &self,
+        shop_id: &str,
+        ids: &[String],
+    ) -> Result<Vec<CustomerRecord>, CustomerError> {
+        let mut values: Vec<Value> = vec![shop_id.into()];
+        let marks: Vec<String> = ids
+            .iter()
+            .map(|id| {
+                values.push(id.as_str().into());
+                format!("${}", values.len())
+            })
+            .collect();
+        let sql = format!(
+            "SELECT {COLUMNS} FROM customers WHERE shop_id = $1 AND id IN ({})",
+            marks.join(", ")
+        );
+        let stmt = Statement::from_sql_and_values(self.db.backend(), self.db.sql(&sql), values);
+        self.db
+            .conn()
+            .query_all_raw(stmt)
+            .await?
+            .iter()
+            .map(|row| CustomerRecord::from_row(CustomerRow::from_query_result(row, "")?))
+            .collect()
+    }
+
     /// Reads a customer by buyer nick.
     pub async fn customer_by_nick(
         &self,

@@ -1,0 +1,287 @@
+//! What the service knows of customers: consent (from the customer
+//! service's events), opt-outs (from replies), open complaints, erasure and
+//! birthdays. Channels are kept by name between commas (`,sms,email,`).
+
+use std::collections::HashMap;
+
+use huitou_storage::{WriteTx, now_micros};
+use sea_orm::{ConnectionTrait, QueryResult};
+
+use super::{Store, marks, read_on};
+use crate::domain::rules::Standing;
+use crate::error::NotificationError;
+
+/// The customer service's name of a channel (huitou.customer.v1.Channel).
+pub fn channel_name(channel: i32) -> &'static str {
+    match channel {
+        1 => "sms",
+        2 => "wechat",
+        3 => "platform_im",
+        4 => "email",
+        5 => "app_push",
+        6 => "phone_call",
+        _ => "",
+    }
+}
+
+fn listed(list: &str, channel: i32) -> bool {
+    let name = channel_name(channel);
+    !name.is_empty() && list.contains(&format!(",{name},"))
+}
+
+fn standing_of(row: &QueryResult, channel: i32) -> Result<Standing, NotificationError> {
+    let consents: String = row.try_get("", "consents")?;
+    let opted_out: String = row.try_get("", "opted_out")?;
+    Ok(Standing {
+        known: row.try_get::<i32>("", "known")? != 0,
+        consented: listed(&consents, channel),
+        opted_out: listed(&opted_out, channel),
+        complaint: row.try_get::<i32>("", "complaint")? != 0,
+        erased: row.try_get::<i32>("", "erased")? != 0,
+    })
+}
+
+/// A change to what is known of a customer.
+#[derive(Debug, Clone)]
+pub enum RecipientChange<'a> {
+    /// The customer exists.
+    Known,
+    /// Consent and birthday as of an event at `at`; `consent_changed` names
+    /// channels whose consent the event changed.
+    Profile {
+        /// Channels with consent.
+        consented: &'a [String],
+        /// Channels whose consent this event changed.
+        consent_changed: Vec<String>,
+        /// Birthday month, 0 for none.
+        birthday_month: i32,
+        /// Birthday day.
+        birthday_day: i32,
+        /// When the event happened, µs.
+        at: i64,
+    },
+    /// Personal data erased.
+    Erased,
+    /// Opted out on a channel.
+    OptOut(i32),
+    /// A complaint opened (true) or closed (false).
+    Complaint(bool),
+}
+
+impl Store {
+    /// The customer's standing on `channel`; with `lock`, the row is locked
+    /// for the rest of `conn`'s transaction (PostgreSQL).
+    pub async fn standing(
+        &self,
+        conn: &impl ConnectionTrait,
+        shop_id: &str,
+        customer_id: &str,
+        channel: i32,
+        lock: bool,
+    ) -> Result<Standing, NotificationError> {
+        let sql = format!(
+            "SELECT known, consents, opted_out, complaint, erased FROM recipients
+             WHERE shop_id = $1 AND customer_id = $2{}",
+            if lock { self.for_update() } else { "" }
+        );
+        let rows = read_on(
+            conn,
+            &self.db,
+            &sql,
+            vec![shop_id.into(), customer_id.into()],
+        )
+        .await?;
+        match rows.first() {
+            Some(row) => standing_of(row, channel),
+            None => Ok(Standing::default()),
+        }
+    }
+
+    /// Standings of many customers on one channel (unknown ones absent).
+    pub async fn standings(
+        &self,
+        conn: &impl ConnectionTrait,
+        shop_id: &str,
+        customer_ids: &[&str],
+        channel: i32,
+    ) -> Result<HashMap<String, Standing>, NotificationError> {
+        let mut out = HashMap::with_capacity(customer_ids.len());
+        for chunk in customer_ids.chunks(5_000) {
+            let sql = format!(
+                "SELECT customer_id, known, consents, opted_out, complaint, erased FROM recipients
+                 WHERE shop_id = $1 AND customer_id IN ({})",
+                marks(2, chunk.len())
+            );
+            let mut values = vec![shop_id.into()];
+            values.extend(chunk.iter().map(|c| (*c).into()));
+            for row in read_on(conn, &self.db, &sql, values).await? {
+                let id: String = row.try_get("", "customer_id")?;
+                out.insert(id, standing_of(&row, channel)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Applies a change to what is known of a customer.
+    pub async fn change_recipient(
+        &self,
+        tx: &WriteTx,
+        shop_id: &str,
+        customer_id: &str,
+        change: RecipientChange<'_>,
+    ) -> Result<(), NotificationError> {
+        let now = now_micros();
+        tx.execute(
+            "INSERT INTO recipients (shop_id, customer_id, updated_at) VALUES ($1, $2, $3)
+             ON CONFLICT (shop_id, customer_id) DO NOTHING",
+            vec![shop_id.into(), customer_id.into(), now.into()],
+        )
+        .await?;
+        let key =
+            || -> Vec<sea_orm::Value> { vec![shop_id.into(), customer_id.into(), now.into()] };
+        match change {
+            RecipientChange::Known => {
+                tx.execute(
+                    "UPDATE recipients SET known = 1, updated_at = $3 WHERE shop_id = $1 AND customer_id = $2",
+                    key(),
+                )
+                .await?;
+            }
+            RecipientChange::Profile {
+                consented,
+                consent_changed,
+                birthday_month,
+                birthday_day,
+                at,
+            } => {
+                let rows = tx
+                    .query_all(
+                        &format!(
+                            "SELECT opted_out, opted_out_at FROM recipients WHERE shop_id = $1 AND customer_id = $2{}",
+                            self.for_update()
+                        ),
+                        vec![shop_id.into(), customer_id.into()],
+                    )
+                    .await?;
+                let (mut opted_out, opted_out_at) = match rows.first() {
+                    Some(r) => (
+                        r.try_get::<String>("", "opted_out")?,
+                        r.try_get::<i64>("", "opted_out_at")?,
+                    ),
+                    None => (",".to_owned(), 0),
+                };
+                // Consent granted again after an opt-out lifts it; an older
+                // event does not.
+                if at > opted_out_at {
+                    for name in &consent_changed {
+                        if consented.iter().any(|c| c == name) {
+                            opted_out = opted_out.replace(&format!(",{name},"), ",");
+                        }
+                    }
+                }
+                let consents = format!(",{},", consented.join(","));
+                let consents = if consented.is_empty() {
+                    ",".to_owned()
+                } else {
+                    consents
+                };
+                tx.execute(
+                    "UPDATE recipients SET known = 1, consents = $4, opted_out = $5,
+                         birthday_month = $6, birthday_day = $7, updated_at = $3
+                     WHERE shop_id = $1 AND customer_id = $2",
+                    vec![
+                        shop_id.into(),
+                        customer_id.into(),
+                        now.into(),
+                        consents.into(),
+                        opted_out.into(),
+                        birthday_month.into(),
+                        birthday_day.into(),
+                    ],
+                )
+                .await?;
+            }
+            RecipientChange::Erased => {
+                tx.execute(
+                    "UPDATE recipients SET known = 1, erased = 1, consents = ',',
+                         birthday_month = 0, birthday_day = 0, updated_at = $3
+                     WHERE shop_id = $1 AND customer_id = $2",
+                    key(),
+                )
+                .await?;
+            }
+            RecipientChange::OptOut(channel) => {
+                let name = channel_name(channel);
+                tx.execute(
+                    "UPDATE recipients SET opted_out = opted_out || $4 || ',', opted_out_at = $3, updated_at = $3
+                     WHERE shop_id = $1 AND customer_id = $2 AND opted_out NOT LIKE $5",
+                    vec![
+                        shop_id.into(),
+                        customer_id.into(),
+                        now.into(),
+                        name.into(),
+                        format!("%,{name},%").into(),
+                    ],
+                )
+                .await?;
+            }
+            RecipientChange::Complaint(open) => {
+                tx.execute(
+                    "UPDATE recipients SET complaint = $4, updated_at = $3 WHERE shop_id = $1 AND customer_id = $2",
+                    vec![
+                        shop_id.into(),
+                        customer_id.into(),
+                        now.into(),
+                        i32::from(open).into(),
+                    ],
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Everything known of a customer, for operators.
+    pub async fn recipient(
+        &self,
+        shop_id: &str,
+        customer_id: &str,
+    ) -> Result<huitou_proto::notification::v1::GetRecipientResponse, NotificationError> {
+        let rows = self
+            .read(
+                "SELECT known, consents, opted_out, complaint, erased FROM recipients
+                 WHERE shop_id = $1 AND customer_id = $2",
+                vec![shop_id.into(), customer_id.into()],
+            )
+            .await?;
+        let Some(row) = rows.first() else {
+            return Ok(Default::default());
+        };
+        let split = |s: String| -> Vec<String> {
+            s.split(',')
+                .filter(|c| !c.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        Ok(huitou_proto::notification::v1::GetRecipientResponse {
+            known: row.try_get::<i32>("", "known")? != 0,
+            consented_channels: split(row.try_get("", "consents")?),
+            opted_out_channels: split(row.try_get("", "opted_out")?),
+            open_complaint: row.try_get::<i32>("", "complaint")? != 0,
+            erased: row.try_get::<i32>("", "erased")? != 0,
+        })
+    }
+
+    /// Whether the customer has an open complaint.
+    pub async fn has_complaint(
+        &self,
+        conn: &impl ConnectionTrait,
+        shop_id: &str,
+        customer_id: &str,
+    ) -> Result<bool, NotificationError> {
+        Ok(self
+            .standing(conn, shop_id, customer_id, 0, false)
+            .await?
+            .complaint)
+    }
+}
