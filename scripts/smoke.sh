@@ -19,7 +19,7 @@ fail() { echo "FAIL: $*"; cat "$log"; exit 1; }
 call() { grpcurl -plaintext -H "$auth" -d "$2" "$addr" "huitou.customer.v1.CustomerService/$1"; }
 
 services=$(grpcurl -plaintext "$addr" list)
-for s in huitou.customer.v1.CustomerService huitou.loyalty.v1.LoyaltyService huitou.coupon.v1.CouponService grpc.health.v1.Health grpc.reflection.v1alpha.ServerReflection; do
+for s in huitou.customer.v1.CustomerService huitou.loyalty.v1.LoyaltyService huitou.coupon.v1.CouponService huitou.notification.v1.NotificationService grpc.health.v1.Health grpc.reflection.v1alpha.ServerReflection; do
   grep -qx "$s" <<<"$services" || fail "list does not show $s"
 done
 grpcurl -plaintext "$addr" describe huitou.customer.v1.CustomerService | grep -q "Records an order" \
@@ -67,6 +67,31 @@ out=$(ccall GetCoupon "{\"code\":\"$typo\"}" 2>&1 || true)
 grep -q CODE_TYPO <<<"$out" || fail "coupon: a typo was not caught: $out"
 ccall GetTemplateResults "{\"template_id\":\"$template\"}" | grep -q '"discountCostFen": "3000"' \
   || fail "coupon: results"
+ncall() { grpcurl -plaintext -H "$auth" -d "$2" "$addr" "huitou.notification.v1.NotificationService/$1"; }
+# A window two hours from now (shop time): a message sent now waits for it.
+closed=$(python3 -c "
+import datetime
+m = (datetime.datetime.utcnow() + datetime.timedelta(hours=8))
+m = m.hour * 60 + m.minute
+s = m + 120 if m < 1200 else 60
+print('{\"policy\":{\"time_zone\":\"Asia/Shanghai\",\"windows\":[{\"start_minute\":%d,\"end_minute\":%d}],\"max_attempts\":5,\"unpaid_reminder_minutes\":60,\"duplicate_days\":7}}' % (s, s + 60))")
+ncall SetSendPolicy "$closed" >/dev/null || fail "notification: set policy"
+ntemplate=$(ncall CreateTemplate '{"template":{"name":"关怀","channel":"CHANNEL_SMS","kind":"MESSAGE_KIND_TRANSACTIONAL",
+  "body":"亲，您的订单{{order_no}}已签收，使用中有问题随时联系我们。","signature":"回头客"}}' \
+  | python3 -c "import json,sys;print(json.load(sys.stdin)['template']['id'])")
+message=$(ncall SendNotification "{\"customer_id\":\"$id\",\"template_id\":\"$ntemplate\",\"variables\":{\"order_no\":\"S-1\"}}")
+grep -q MESSAGE_STATUS_DEFERRED <<<"$message" || fail "notification: not deferred outside the window: $message"
+mid=$(python3 -c "import json,sys;print(json.loads(sys.argv[1])['message']['id'])" "$message")
+ncall SetSendPolicy '{"policy":{"time_zone":"Asia/Shanghai","windows":[{"start_minute":0,"end_minute":1440}],
+  "max_attempts":5,"unpaid_reminder_minutes":60,"duplicate_days":7}}' | grep -q '"replacedMessages": "1"' \
+  || fail "notification: the deferred message was not placed again"
+for _ in $(seq 1 50); do
+  ncall GetMessage "{\"message_id\":\"$mid\"}" | grep -q MESSAGE_STATUS_SENT && break
+  sleep 0.1
+done
+ncall GetMessage "{\"message_id\":\"$mid\"}" | grep -q MESSAGE_STATUS_SENT || fail "notification: never sent"
+grep -q "$mid" "$data/messages.jsonl" || fail "notification: the file provider did not write the message"
+grep -q "138\*\*\*\*5678" "$data/messages.jsonl" || fail "notification: the sink shows the phone unmasked"
 out=$(call RecordOrder '{"order_no":"","buyer_nick":"x"}' 2>&1 || true)
 grep -q "InvalidArgument" <<<"$out" || fail "bad input is not INVALID_ARGUMENT: $out"
 verbose=$(grpcurl -plaintext -H "$auth" -H "x-request-id: smoke-42" -v -d '{}' "$addr" huitou.customer.v1.ShopService/GetShop)
