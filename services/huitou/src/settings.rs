@@ -247,7 +247,39 @@ mod tests {
                 .iter()
                 .all(|p| p.starts_with("coupon.database.url"))
         );
-        for f in [customer, path, coupon, secret] {
+        // Notification gets customer events from customer and the "expires
+        // soon" event from coupon: together, exactly what it subscribes to.
+        let to_notification = |subs: &[huitou_storage::outbox::Subscriber]| {
+            subs.iter()
+                .find(|s| s.name == "notification")
+                .expect("a notification subscriber")
+                .clone()
+        };
+        let from_customer = to_notification(&customer_settings.customer.outbox.subscribers);
+        let from_coupon = to_notification(&coupon_settings.outbox.subscribers);
+        assert_eq!(from_customer.endpoint, "http://notification:50051");
+        let mut types = from_customer.event_types.clone();
+        types.extend(from_coupon.event_types.iter().cloned());
+        types.sort();
+        let mut subscribed: Vec<String> = huitou_notification::events::SUBSCRIBED
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        subscribed.sort();
+        assert_eq!(types, subscribed);
+        let notification = configmap_toml("notification");
+        let s = load_layers(&defaults, &[notification.as_path(), secret.as_path()])
+            .expect("notification settings");
+        let n = s.notification.expect("notification section");
+        assert_eq!(n.customer_endpoint, "http://customer:50051");
+        assert!(
+            n.problems("notification")
+                .iter()
+                .all(|p| p.starts_with("notification.database.url")),
+            "{:?}",
+            n.problems("notification")
+        );
+        for f in [customer, path, coupon, notification, secret] {
             let _ = std::fs::remove_file(f);
         }
     }
@@ -260,6 +292,8 @@ mod tests {
         assert!(loyalty.database.url.contains("loyalty.db"));
         let coupon = settings.coupon.expect("coupon runs");
         assert!(coupon.database.url.contains("coupon.db"));
+        let notification = settings.notification.expect("notification runs");
+        assert!(notification.database.url.contains("notification.db"));
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -3,6 +3,7 @@
 //! attempt, so a gateway that already took a message can drop a resend.
 
 pub mod log;
+pub mod smtp;
 pub mod webhook;
 
 use std::collections::BTreeMap;
@@ -81,6 +82,35 @@ pub enum ProviderConfig {
         #[serde(default = "default_timeout_ms")]
         timeout_ms: u64,
     },
+    /// A Chinese SMS gateway that sends only pre-approved templates: POSTs
+    /// the template code, its parameters and the signature (signed like the
+    /// webhook); templates sent through it need a provider_template_id.
+    SmsTemplate {
+        /// `http://host:port/path`.
+        url: String,
+        /// The HMAC-SHA256 signing secret. Never serialised back out.
+        #[serde(skip_serializing, default = "no_secret")]
+        secret: SecretString,
+        /// Milliseconds before an attempt counts as failed.
+        #[serde(default = "default_timeout_ms")]
+        timeout_ms: u64,
+    },
+    /// An SMTP relay for email.
+    Smtp {
+        /// `host:port` of the relay.
+        relay: String,
+        /// The sender address.
+        from: String,
+        /// The user for AUTH PLAIN; empty for none.
+        #[serde(default)]
+        user: String,
+        /// Its password. Never serialised back out.
+        #[serde(skip_serializing, default = "no_secret")]
+        password: SecretString,
+        /// Milliseconds before an attempt counts as failed.
+        #[serde(default = "default_timeout_ms")]
+        timeout_ms: u64,
+    },
 }
 
 fn no_secret() -> SecretString {
@@ -129,7 +159,33 @@ impl ProviderConfig {
                 url,
                 secret.clone(),
                 Duration::from_millis(*timeout_ms),
+                webhook::Shape::Message,
             )?),
+            ProviderConfig::SmsTemplate {
+                url,
+                secret,
+                timeout_ms,
+            } => Arc::new(webhook::WebhookProvider::new(
+                name,
+                url,
+                secret.clone(),
+                Duration::from_millis(*timeout_ms),
+                webhook::Shape::SmsTemplate,
+            )?),
+            ProviderConfig::Smtp {
+                relay,
+                from,
+                user,
+                password,
+                timeout_ms,
+            } => Arc::new(smtp::SmtpProvider::new(
+                name,
+                relay,
+                from,
+                user,
+                password.clone(),
+                Duration::from_millis(*timeout_ms),
+            )),
         })
     }
 }

@@ -57,12 +57,25 @@ impl Target {
     }
 }
 
+/// What the POST carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// The whole message as JSON (any gateway).
+    Message,
+    /// A Chinese SMS gateway's template call: the approved template code,
+    /// its parameters and the signature, never free text —
+    /// `{"PhoneNumbers", "SignName", "TemplateCode", "TemplateParam",
+    /// "OutId"}` — answered `{"Code": "OK", "BizId": …}`.
+    SmsTemplate,
+}
+
 /// Posts messages to a URL.
 pub struct WebhookProvider {
     name: String,
     target: Target,
     secret: SecretString,
     timeout: Duration,
+    shape: Shape,
 }
 
 impl WebhookProvider {
@@ -72,6 +85,7 @@ impl WebhookProvider {
         url: &str,
         secret: SecretString,
         timeout: Duration,
+        shape: Shape,
     ) -> Result<Self, String> {
         let target =
             Target::parse(url).ok_or_else(|| format!("{url}: must be http://host:port/path"))?;
@@ -80,12 +94,40 @@ impl WebhookProvider {
             target,
             secret,
             timeout,
+            shape,
         })
     }
 
+    fn body(&self, message: &Outgoing) -> Result<Vec<u8>, SendError> {
+        let encoded = match self.shape {
+            Shape::Message => serde_json::to_vec(message),
+            Shape::SmsTemplate => {
+                if message.provider_template_id.is_empty() {
+                    return Err(SendError::Permanent(
+                        "the template has no provider_template_id, which a template SMS gateway needs".into(),
+                    ));
+                }
+                let sign = message
+                    .text
+                    .strip_prefix('【')
+                    .and_then(|rest| rest.split_once('】'))
+                    .map(|(sign, _)| sign)
+                    .unwrap_or_default();
+                let params = serde_json::to_string(&message.variables).unwrap_or_default();
+                serde_json::to_vec(&serde_json::json!({
+                    "PhoneNumbers": message.to,
+                    "SignName": sign,
+                    "TemplateCode": message.provider_template_id,
+                    "TemplateParam": params,
+                    "OutId": message.id,
+                }))
+            }
+        };
+        encoded.map_err(|e| SendError::Permanent(format!("cannot encode: {e}")))
+    }
+
     async fn post(&self, message: &Outgoing) -> Result<String, SendError> {
-        let body = serde_json::to_vec(message)
-            .map_err(|e| SendError::Permanent(format!("cannot encode: {e}")))?;
+        let body = self.body(message)?;
         let timestamp = chrono::Utc::now().timestamp();
         let signature = sign(self.secret.expose_secret().as_bytes(), timestamp, &body);
         let head = format!(
@@ -117,6 +159,7 @@ impl WebhookProvider {
         let (code, body) = parse_response(&answer)
             .ok_or_else(|| SendError::Transient("the gateway's answer is not HTTP".into()))?;
         match code {
+            200..=299 if self.shape == Shape::SmsTemplate => template_answer(body),
             200..=299 => Ok(provider_id(body).unwrap_or_else(|| message.id.clone())),
             408 | 429 | 500..=599 => Err(SendError::Transient(format!("HTTP {code}"))),
             _ => Err(SendError::Permanent(format!(
@@ -144,6 +187,30 @@ fn parse_response(raw: &[u8]) -> Option<(u16, &[u8])> {
     let status = head.lines().next()?;
     let code = status.split_whitespace().nth(1)?.parse().ok()?;
     Some((code, &raw[end + 4..]))
+}
+
+/// A template gateway's answer: `Code` OK with its `BizId`; throttling and
+/// the gateway's own trouble are retried, a refused template or number is
+/// final.
+fn template_answer(body: &[u8]) -> Result<String, SendError> {
+    let v: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|_| SendError::Transient("the gateway's answer is not JSON".into()))?;
+    let code = v.get("Code").and_then(|c| c.as_str()).unwrap_or_default();
+    let text = v
+        .get("Message")
+        .and_then(|c| c.as_str())
+        .unwrap_or_default();
+    match code {
+        "OK" => Ok(v
+            .get("BizId")
+            .and_then(|b| b.as_str())
+            .unwrap_or_default()
+            .to_owned()),
+        c if c.contains("LIMIT") || c.starts_with("isp.") || c.contains("Throttling") => {
+            Err(SendError::Transient(format!("{c}: {text}")))
+        }
+        c => Err(SendError::Permanent(format!("{c}: {text}"))),
+    }
 }
 
 fn provider_id(body: &[u8]) -> Option<String> {
@@ -195,5 +262,19 @@ mod tests {
         assert_eq!(code, 202);
         assert_eq!(provider_id(body).as_deref(), Some("gw-1"));
         assert_eq!(sign(b"k", 1, b"{}").len(), 64);
+        assert_eq!(
+            template_answer(br#"{"Code":"OK","BizId":"900619746936498440^0"}"#),
+            Ok("900619746936498440^0".into())
+        );
+        assert!(matches!(
+            template_answer(
+                r#"{"Code":"isv.BUSINESS_LIMIT_CONTROL","Message":"触发分钟级流控"}"#.as_bytes()
+            ),
+            Err(SendError::Transient(_))
+        ));
+        assert!(matches!(
+            template_answer(br#"{"Code":"isv.SMS_TEMPLATE_ILLEGAL"}"#),
+            Err(SendError::Permanent(_))
+        ));
     }
 }
