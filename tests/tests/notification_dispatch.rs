@@ -700,3 +700,114 @@ asyncore.loop()
     assert!(got.contains(&body[..40]), "{got}");
     f.cleanup().await;
 }
+
+#[tokio::test]
+async fn birthdays_and_holidays_are_greeted_once_each() {
+    use chrono::Datelike;
+    let f = Fixture::new("notify-calendar").await;
+    let now = now_micros();
+    let today =
+        huitou_notification::domain::window::local_date(chrono_tz::Asia::Shanghai, now).unwrap();
+    let greeting = f
+        .template(pb::MessageKind::Marketing, "生日快乐！回T退订")
+        .await;
+    let festive = f
+        .template(pb::MessageKind::Marketing, "中秋快乐！回T退订")
+        .await;
+    for (customer, month, day, consent) in [
+        ("today-fan", today.month() as i32, today.day() as i32, true),
+        (
+            "today-silent",
+            today.month() as i32,
+            today.day() as i32,
+            false,
+        ),
+        (
+            "other-day",
+            if today.month() == 1 { 2 } else { 1 },
+            15,
+            true,
+        ),
+    ] {
+        let (customer, consented) = (
+            customer.to_owned(),
+            if consent {
+                vec!["sms".to_owned()]
+            } else {
+                vec![]
+            },
+        );
+        f.store
+            .transaction(move |tx, store| {
+                let (customer, consented) = (customer.clone(), consented.clone());
+                Box::pin(async move {
+                    store
+                        .change_recipient(
+                            tx,
+                            SHOP,
+                            &customer,
+                            RecipientChange::Profile {
+                                consented: &consented,
+                                consent_changed: vec![],
+                                birthday_month: month,
+                                birthday_day: day,
+                                at: now,
+                            },
+                        )
+                        .await
+                })
+            })
+            .await
+            .unwrap();
+    }
+    let rule = pb::TriggerRule {
+        trigger: pb::Trigger::Birthday as i32,
+        template_id: greeting.id.clone(),
+        enabled: true,
+        ..Default::default()
+    };
+    let holiday = pb::Holiday {
+        date: today.format("%Y-%m-%d").to_string(),
+        name: "中秋".into(),
+        greeting_template_id: festive.id.clone(),
+        ..Default::default()
+    };
+    f.store
+        .transaction(move |tx, store| {
+            let (rule, holiday) = (rule.clone(), holiday.clone());
+            Box::pin(async move {
+                store.set_trigger_rule(tx, SHOP, &rule).await?;
+                store.set_holiday(tx, SHOP, &holiday).await
+            })
+        })
+        .await
+        .unwrap();
+    f.store.forget_settings(SHOP);
+    // The birthday greets the one consenting customer born today; the
+    // holiday greets both consenting customers.
+    assert_eq!(f.store.greetings(now).await.unwrap(), 3);
+    assert_eq!(
+        f.store.greetings(now).await.unwrap(),
+        0,
+        "once per occasion"
+    );
+    let fan = f
+        .store
+        .customer_messages(SHOP, "today-fan", None, 10)
+        .await
+        .unwrap();
+    let mut origins: Vec<&str> = fan.iter().map(|m| m.origin.as_str()).collect();
+    origins.sort();
+    assert_eq!(
+        origins,
+        vec!["birthday", &format!("holiday:{}", today.format("%Y-%m-%d"))]
+    );
+    assert!(
+        f.store
+            .customer_messages(SHOP, "today-silent", None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    f.cleanup().await;
+}

@@ -278,7 +278,8 @@ impl NotificationService {
         )
     }
 
-    /// Runs the configured dispatchers and the daily housekeeping until
+    /// Runs the configured dispatchers and, every five minutes, the day's
+    /// birthday and holiday greetings and the idempotency sweep, until
     /// `stop` resolves.
     pub async fn run(&self, stop: tokio::sync::watch::Receiver<bool>) {
         let idle = Duration::from_millis(self.config.idle_millis);
@@ -305,7 +306,7 @@ impl NotificationService {
                 }
                 tokio::select! {
                     _ = stop_sweep.wait_for(|s| *s) => return,
-                    _ = tokio::time::sleep(Duration::from_secs(600)) => {}
+                    _ = tokio::time::sleep(Duration::from_secs(300)) => {}
                 }
             }
         }));

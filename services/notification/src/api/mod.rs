@@ -416,9 +416,14 @@ impl NotificationService for NotificationApi {
             .ok_or_else(|| Failure::invalid_field("rule", "is required"))?;
         let trigger = pb::Trigger::try_from(rule.trigger).unwrap_or(pb::Trigger::Unspecified);
         v.check(
-            !matches!(trigger, pb::Trigger::Unspecified | pb::Trigger::Birthday),
+            trigger != pb::Trigger::Unspecified,
             "rule.trigger",
-            "must be TRIGGER_ORDER_SHIPPED, _UNPAID_REMINDER, _ORDER_RECEIVED, _REVIEW_REQUEST or _COUPON_EXPIRING",
+            "must be TRIGGER_ORDER_SHIPPED, _UNPAID_REMINDER, _ORDER_RECEIVED, _REVIEW_REQUEST, _COUPON_EXPIRING or _BIRTHDAY",
+        );
+        v.check(
+            trigger != pb::Trigger::Birthday || rule.delay_minutes == 0,
+            "rule.delay_minutes",
+            "a birthday greeting goes on the day, inside its send windows",
         );
         v.check(
             (0..=43_200).contains(&rule.delay_minutes),

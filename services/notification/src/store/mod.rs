@@ -4,6 +4,7 @@
 //! that marks a message as leaving, under a lock on the customer's row, so
 //! it holds across workers and replicas.
 
+pub mod calendar;
 pub mod calls;
 pub mod dispatch;
 pub mod messages;
