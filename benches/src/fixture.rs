@@ -138,21 +138,33 @@ impl Running {
         coupon: Option<DatabaseConfig>,
         redis_url: &str,
     ) -> anyhow::Result<Running> {
-        let mut settings = Settings {
-            loyalty: loyalty.map(|database| huitou_loyalty::LoyaltyConfig {
+        let redis = redis_url.to_owned();
+        Self::start_configured(database, redis_url, move |settings| {
+            settings.loyalty = loyalty.map(|database| huitou_loyalty::LoyaltyConfig {
                 database,
                 ..Default::default()
-            }),
-            coupon: coupon.map(|database| {
+            });
+            settings.coupon = coupon.map(|database| {
                 let mut c = huitou_coupon::CouponConfig {
                     database,
                     ..Default::default()
                 };
-                c.cache.redis_url = redis_url.to_owned();
+                c.cache.redis_url = redis;
                 c
-            }),
-            ..Settings::default()
-        };
+            });
+        })
+        .await
+    }
+
+    /// Starts a suite whose settings `configure` completes (other services,
+    /// their options).
+    pub async fn start_configured(
+        database: DatabaseConfig,
+        redis_url: &str,
+        configure: impl FnOnce(&mut Settings),
+    ) -> anyhow::Result<Running> {
+        let mut settings = Settings::default();
+        configure(&mut settings);
         settings.auth.internal_token =
             Some(SecretString::from("bench-internal-token-0123456789abcdef"));
         settings.customer.database = database;

@@ -9,6 +9,7 @@ mod fixture;
 mod import;
 mod load;
 mod loyalty;
+mod notification;
 mod orders;
 mod report;
 mod rpc;
@@ -109,6 +110,20 @@ enum What {
         /// Connections they share.
         #[arg(long, default_value_t = 4)]
         connections: usize,
+    },
+    /// A marketing batch through SendBatch, placed into windows, against raw
+    /// inserts of the same rows.
+    NotifyBatch {
+        /// Customers in the batch.
+        #[arg(long, default_value_t = 1_000_000)]
+        recipients: usize,
+    },
+    /// Two dispatchers sending queued messages to a file sink, against raw
+    /// Redis INCR+EXPIRE.
+    NotifyDispatch {
+        /// Messages queued.
+        #[arg(long, default_value_t = 100_000)]
+        messages: usize,
     },
     /// `huitou up` start-up and idle memory.
     Startup {
@@ -245,6 +260,16 @@ fn main() -> anyhow::Result<()> {
             .await?;
         } else if all {
             coupon::validate(64, 4, duration, &backend, &handle, &mut report).await?;
+        }
+        if let What::NotifyBatch { recipients } = what {
+            notification::batch(recipients, &backend, &handle, &mut report).await?;
+        } else if all {
+            notification::batch(1_000_000, &backend, &handle, &mut report).await?;
+        }
+        if let What::NotifyDispatch { messages } = what {
+            notification::dispatch(messages, &backend, &cli.redis_url, &mut report).await?;
+        } else if all {
+            notification::dispatch(100_000, &backend, &cli.redis_url, &mut report).await?;
         }
         let binary = match &what {
             What::Startup { binary } => Some(binary.clone()),

@@ -63,7 +63,8 @@ pub struct NotificationConfig {
     /// Which provider sends each channel (sms, wechat, platform_im, email,
     /// app_push, phone_call), with an optional fallback.
     pub channels: BTreeMap<String, Route>,
-    /// Dispatchers in this process (each claims its own messages).
+    /// Dispatchers in this process (each claims its own messages); 0 for a
+    /// replica that only takes requests.
     pub dispatchers: usize,
     /// Messages one dispatcher claims at a time.
     pub dispatch_batch: usize,
@@ -136,8 +137,10 @@ impl NotificationConfig {
                 }
             }
         }
-        if !(1..=64).contains(&self.dispatchers) {
-            p.push(format!("{section}.dispatchers: must be 1-64"));
+        if self.dispatchers > 64 {
+            p.push(format!(
+                "{section}.dispatchers: must be 0-64 (0: this replica only takes requests)"
+            ));
         }
         if !(1..=5_000).contains(&self.dispatch_batch) {
             p.push(format!("{section}.dispatch_batch: must be 1-5000"));

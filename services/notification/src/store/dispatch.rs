@@ -5,8 +5,10 @@
 //! locked: an opt-out recorded a moment ago stops the next send, and two
 //! workers cannot both pass a cap for one customer.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
+use huitou_storage::bulk::Col;
 use huitou_storage::{WriteTx, now_micros};
 use sea_orm::FromQueryResult;
 
@@ -39,6 +41,9 @@ pub enum Outcome {
     /// The customer has no address on the channel.
     NoAddress,
 }
+
+/// A message that left earlier: its id, template and time.
+type SentBefore = (String, String, i64);
 
 enum Step {
     Send(String),
@@ -75,7 +80,7 @@ impl Store {
         } else {
             ""
         };
-        let rows = tx
+        let found = tx
             .query_all(
                 &format!(
                     "SELECT {COLUMNS} FROM messages WHERE status IN (1, 2, 4, 8) AND due_at <= $1
@@ -84,11 +89,18 @@ impl Store {
                 vec![now.into(), (limit as i64).into()],
             )
             .await?;
+        let mut rows = Vec::with_capacity(found.len());
+        for r in &found {
+            rows.push(MessageRow::from_query_result(r, "")?);
+        }
+        // First what needs no customer: takeovers, paused templates, windows.
+        let mut settings: HashMap<String, Arc<ShopSettings>> = HashMap::new();
         let mut active: HashMap<(String, String), bool> = HashMap::new();
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let mut row = MessageRow::from_query_result(r, "")?;
-            let settings = self.shop_settings(&row.shop_id).await?;
+        let mut steps: Vec<Option<Step>> = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if !settings.contains_key(&row.shop_id) {
+                settings.insert(row.shop_id.clone(), self.shop_settings(&row.shop_id).await?);
+            }
             let key = (row.shop_id.clone(), row.template_id.clone());
             let template_active = match active.get(&key) {
                 Some(a) => *a,
@@ -105,9 +117,113 @@ impl Store {
                     a
                 }
             };
-            let step = self
-                .decide(tx, &settings, &row, template_active, now)
+            let s = settings
+                .get(&row.shop_id)
+                .cloned()
+                .ok_or(NotificationError::MessageNotFound)?;
+            steps.push(before_customer(&s, row, template_active, now));
+        }
+        // Then, shop by shop, the customers' rows (locked) and what they
+        // were sent lately, read once for the whole batch.
+        let mut by_shop: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (i, row) in rows.iter().enumerate() {
+            if steps[i].is_none() {
+                by_shop.entry(row.shop_id.clone()).or_default().push(i);
+            }
+        }
+        for (shop, indexes) in by_shop {
+            let s = settings
+                .get(&shop)
+                .cloned()
+                .ok_or(NotificationError::MessageNotFound)?;
+            let mut customers: Vec<String> = indexes
+                .iter()
+                .map(|i| rows[*i].customer_id.clone())
+                .collect();
+            customers.sort();
+            customers.dedup();
+            let recipients = self.lock_recipients(tx, &shop, &customers).await?;
+            let policy = &s.policy;
+            let longest = policy
+                .caps
+                .iter()
+                .map(|c| c.days)
+                .chain([policy.duplicate_days])
+                .max()
+                .unwrap_or(0);
+            let since = now - i64::from(longest) * DAY_MICROS;
+            let mut sent: HashMap<(String, i32), Vec<SentBefore>> = HashMap::new();
+            let mut marketing_customers: Vec<String> = indexes
+                .iter()
+                .filter(|i| rows[**i].is_marketing())
+                .map(|i| rows[*i].customer_id.clone())
+                .collect();
+            marketing_customers.sort();
+            marketing_customers.dedup();
+            if !marketing_customers.is_empty() {
+                let found = huitou_storage::bulk::query_with_keys(
+                    &**tx,
+                    "SELECT customer_id, channel, message_id, template_id, sent_at FROM sent_log
+                     WHERE shop_id = $1 AND marketing = 1 AND sent_at > $2 AND customer_id {keys}",
+                    vec![shop.clone().into(), since.into()],
+                    &marketing_customers,
+                )
                 .await?;
+                for r in &found {
+                    sent.entry((r.try_get("", "customer_id")?, r.try_get("", "channel")?))
+                        .or_default()
+                        .push((
+                            r.try_get("", "message_id")?,
+                            r.try_get("", "template_id")?,
+                            r.try_get("", "sent_at")?,
+                        ));
+                }
+            }
+            for i in indexes {
+                let row = &rows[i];
+                let standing = recipients
+                    .get(&row.customer_id)
+                    .map(|r| r.standing(row.channel))
+                    .unwrap_or_default();
+                let marketing = row.is_marketing();
+                let step = if let Err(why) = admit(standing, marketing) {
+                    Step::Suppress(why)
+                } else if marketing {
+                    let log = sent
+                        .entry((row.customer_id.clone(), row.channel))
+                        .or_default();
+                    let last_same = log
+                        .iter()
+                        .filter(|(id, t, _)| *id != row.id && *t == row.template_id)
+                        .map(|(_, _, at)| *at)
+                        .max();
+                    let times: Vec<i64> = log
+                        .iter()
+                        .filter(|(id, _, _)| *id != row.id)
+                        .map(|(_, _, at)| *at)
+                        .collect();
+                    if is_duplicate(last_same, policy.duplicate_days, now) {
+                        Step::Suppress(Suppression::Duplicate)
+                    } else if let Err(why) = fits_caps(&policy.caps, &times, now) {
+                        Step::Suppress(why)
+                    } else {
+                        // Later messages of this batch count this one.
+                        log.push((row.id.clone(), row.template_id.clone(), now));
+                        Step::Send(format!("sending (attempt {})", row.attempts + 1))
+                    }
+                } else {
+                    Step::Send(format!("sending (attempt {})", row.attempts + 1))
+                };
+                steps[i] = Some(step);
+            }
+        }
+        // Every decision written in a few statements.
+        let mut updates = Vec::with_capacity(rows.len());
+        let mut sending = Vec::new();
+        let mut history: Vec<(String, String, i32, String)> = Vec::with_capacity(rows.len());
+        let mut out = Vec::new();
+        for (mut row, step) in rows.into_iter().zip(steps) {
+            let Some(step) = step else { continue };
             let (new_status, due_at, reason, detail) = match step {
                 Step::Send(detail) => (status::SENDING, now + lease_micros, String::new(), detail),
                 Step::Defer(at, detail) => (status::DEFERRED, at, String::new(), detail),
@@ -120,40 +236,17 @@ impl Store {
                 Step::Fail(reason, detail) => (status::FAILED, now, reason, detail),
             };
             let attempts = row.attempts + i32::from(new_status == status::SENDING);
-            tx.execute(
-                "UPDATE messages SET status = $3, due_at = $4, status_reason = $5, attempts = $6, updated_at = $7
-                 WHERE shop_id = $1 AND id = $2",
-                vec![
-                    row.shop_id.clone().into(),
-                    row.id.clone().into(),
-                    new_status.into(),
-                    due_at.into(),
-                    reason.clone().into(),
-                    attempts.into(),
-                    now.into(),
-                ],
-            )
-            .await?;
-            match new_status {
-                status::SENDING => {
-                    tx.execute(
-                        "INSERT INTO sent_log (shop_id, customer_id, channel, message_id, template_id, marketing, sent_at)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7)
-                         ON CONFLICT (shop_id, customer_id, channel, message_id) DO NOTHING",
-                        vec![
-                            row.shop_id.clone().into(),
-                            row.customer_id.clone().into(),
-                            row.channel.into(),
-                            row.id.clone().into(),
-                            row.template_id.clone().into(),
-                            i32::from(row.is_marketing()).into(),
-                            now.into(),
-                        ],
-                    )
-                    .await?;
-                }
-                status::FAILED => self.give_back_slot(tx, &row).await?,
-                _ => {}
+            updates.push(vec![
+                row.shop_id.clone().into(),
+                row.id.clone().into(),
+                new_status.into(),
+                due_at.into(),
+                reason.into(),
+                attempts.into(),
+                now.into(),
+            ]);
+            if new_status == status::FAILED {
+                self.give_back_slot(tx, &row).await?;
             }
             // A message waiting for a window is looked at again when the
             // window opens; only a new place in time is worth a history line.
@@ -161,128 +254,58 @@ impl Store {
                 && new_status == status::DEFERRED
                 && row.due_at == due_at)
             {
-                self.record_history(
-                    tx,
-                    &row.shop_id,
-                    &[(row.id.as_str(), new_status, detail.as_str())],
-                    now,
-                )
-                .await?;
+                history.push((row.shop_id.clone(), row.id.clone(), new_status, detail));
             }
             if new_status == status::SENDING {
+                sending.push(vec![
+                    row.shop_id.clone().into(),
+                    row.customer_id.clone().into(),
+                    row.channel.into(),
+                    row.id.clone().into(),
+                    row.template_id.clone().into(),
+                    i32::from(row.is_marketing()).into(),
+                    now.into(),
+                ]);
                 row.status = new_status;
                 row.attempts = attempts;
                 row.due_at = due_at;
                 out.push(row);
             }
         }
+        huitou_storage::bulk::update(
+            tx,
+            "messages",
+            &[
+                ("shop_id", Col::Text),
+                ("id", Col::Text),
+                ("status", Col::Int),
+                ("due_at", Col::BigInt),
+                ("status_reason", Col::Text),
+                ("attempts", Col::Int),
+                ("updated_at", Col::BigInt),
+            ],
+            2,
+            updates,
+        )
+        .await?;
+        huitou_storage::bulk::insert(
+            tx,
+            "sent_log",
+            &[
+                ("shop_id", Col::Text),
+                ("customer_id", Col::Text),
+                ("channel", Col::Int),
+                ("message_id", Col::Text),
+                ("template_id", Col::Text),
+                ("marketing", Col::Int),
+                ("sent_at", Col::BigInt),
+            ],
+            sending,
+            "ON CONFLICT (shop_id, customer_id, channel, message_id) DO NOTHING",
+        )
+        .await?;
+        self.record_histories(tx, history, now).await?;
         Ok(out)
-    }
-
-    async fn decide(
-        &self,
-        tx: &WriteTx,
-        settings: &ShopSettings,
-        row: &MessageRow,
-        template_active: bool,
-        now: i64,
-    ) -> Result<Step, NotificationError> {
-        let max = settings.policy.max_attempts;
-        if row.status == status::SENDING {
-            // The last sender stopped without recording an answer. The
-            // provider gets the same idempotency key, so a gateway that took
-            // the first attempt drops this one.
-            if row.attempts >= max {
-                return Ok(Step::Fail(
-                    "DEAD_LETTER: no answer recorded".into(),
-                    format!(
-                        "failed: dead-lettered after {} attempts without an answer",
-                        row.attempts
-                    ),
-                ));
-            }
-            return Ok(Step::Send(format!(
-                "sending again (attempt {}): the last attempt ended without an answer",
-                row.attempts + 1
-            )));
-        }
-        if !template_active {
-            return Ok(Step::Suppress(Suppression::TemplatePaused));
-        }
-        let marketing = row.is_marketing();
-        // Only urgent transactional messages skip the windows.
-        if row.urgent == 0 || marketing {
-            let aim = marketing && settings.policy.aim_last_hour;
-            match settings.calendar.next_open(now, aim) {
-                Some(at) if at == now => {}
-                Some(at) => {
-                    return Ok(Step::Defer(
-                        at,
-                        format!(
-                            "deferred to the next send window, {}",
-                            describe_time(settings, at)
-                        ),
-                    ));
-                }
-                None => {
-                    return Ok(Step::Defer(
-                        now + DAY_MICROS,
-                        "deferred: no send window opens within a year; change the policy".into(),
-                    ));
-                }
-            }
-        }
-        let standing = self
-            .standing(&**tx, &row.shop_id, &row.customer_id, row.channel, true)
-            .await?;
-        if let Err(why) = admit(standing, marketing) {
-            return Ok(Step::Suppress(why));
-        }
-        if marketing {
-            let policy = &settings.policy;
-            let longest = policy
-                .caps
-                .iter()
-                .map(|c| c.days)
-                .chain([policy.duplicate_days])
-                .max()
-                .unwrap_or(0);
-            let since = now - i64::from(longest) * DAY_MICROS;
-            let sent = tx
-                .query_all(
-                    "SELECT template_id, sent_at FROM sent_log
-                     WHERE shop_id = $1 AND customer_id = $2 AND channel = $3 AND marketing = 1
-                       AND sent_at > $4 AND message_id <> $5",
-                    vec![
-                        row.shop_id.clone().into(),
-                        row.customer_id.clone().into(),
-                        row.channel.into(),
-                        since.into(),
-                        row.id.clone().into(),
-                    ],
-                )
-                .await?;
-            let mut times = Vec::with_capacity(sent.len());
-            let mut last_same: Option<i64> = None;
-            for s in &sent {
-                let at: i64 = s.try_get("", "sent_at")?;
-                let template: String = s.try_get("", "template_id")?;
-                if template == row.template_id {
-                    last_same = Some(last_same.map_or(at, |l| l.max(at)));
-                }
-                times.push(at);
-            }
-            if is_duplicate(last_same, policy.duplicate_days, now) {
-                return Ok(Step::Suppress(Suppression::Duplicate));
-            }
-            if let Err(why) = fits_caps(&policy.caps, &times, now) {
-                return Ok(Step::Suppress(why));
-            }
-        }
-        Ok(Step::Send(format!(
-            "sending (attempt {})",
-            row.attempts + 1
-        )))
     }
 
     /// A message that finally did not go no longer counts against caps.
@@ -320,128 +343,243 @@ impl Store {
         let jitters = std::sync::Arc::new(jitters);
         self.transaction(move |tx, store| {
             let (done, jitters) = (done.clone(), jitters.clone());
-            Box::pin(async move {
-                let now = now_micros();
-                for ((row, outcome), jitter) in done.iter().zip(jitters.iter()) {
-                    store.record_outcome(tx, row, outcome, *jitter, now).await?;
-                }
-                Ok(())
-            })
+            Box::pin(async move { store.record_outcomes_in(tx, &done, &jitters).await })
         })
         .await
     }
 
-    async fn record_outcome(
+    async fn record_outcomes_in(
         &self,
         tx: &WriteTx,
-        row: &MessageRow,
-        outcome: &Outcome,
-        jitter: f64,
-        now: i64,
+        done: &[(MessageRow, Outcome)],
+        jitters: &[f64],
     ) -> Result<(), NotificationError> {
-        let settings = self.shop_settings(&row.shop_id).await?;
-        let max = settings.policy.max_attempts;
-        let (new_status, due_at, reason, provider, provider_id, detail, give_back) = match outcome {
-            Outcome::Sent {
-                provider,
-                provider_message_id,
-                fallback,
-            } => (
-                status::SENT,
-                now,
-                String::new(),
-                provider.clone(),
-                provider_message_id.clone(),
-                format!(
-                    "sent by {provider}{} (provider id {provider_message_id})",
-                    if *fallback {
-                        ", the channel's fallback"
-                    } else {
-                        ""
-                    }
-                ),
-                false,
-            ),
-            Outcome::NoAddress => {
-                let why = Suppression::NoAddress;
-                (
-                    status::SUPPRESSED,
-                    now,
-                    why.code().to_owned(),
-                    String::new(),
-                    String::new(),
-                    why.describe(),
-                    true,
-                )
-            }
-            Outcome::Failed { detail, permanent } if *permanent => (
-                status::FAILED,
-                now,
-                format!("REJECTED: {detail}"),
-                String::new(),
-                String::new(),
-                format!("failed: the provider refused it ({detail})"),
+        let now = now_micros();
+        // An answer counts only while its message is still SENDING under the
+        // attempt that produced it.
+        let mut by_shop: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for (row, _) in done {
+            by_shop
+                .entry(&row.shop_id)
+                .or_default()
+                .push(row.id.clone());
+        }
+        let mut current: HashSet<(String, String, i32)> = HashSet::new();
+        for (shop, ids) in by_shop {
+            let found = huitou_storage::bulk::rows_with_keys(
+                tx,
+                "messages.id, messages.attempts, messages.status",
+                "messages",
+                "id",
+                shop,
+                &ids,
                 true,
-            ),
-            Outcome::Failed { detail, .. } if row.attempts >= max => (
-                status::FAILED,
-                now,
-                format!("DEAD_LETTER: {detail}"),
-                String::new(),
-                String::new(),
-                format!(
-                    "failed: dead-lettered after {} attempts ({detail})",
-                    row.attempts
-                ),
-                true,
-            ),
-            Outcome::Failed { detail, .. } => {
-                let at = now + retry_delay_micros(row.attempts + 1, jitter);
-                (
-                    status::RETRYING,
-                    at,
-                    detail.clone(),
-                    String::new(),
-                    String::new(),
-                    format!(
-                        "attempt {} failed ({detail}); retrying at {}",
-                        row.attempts,
-                        describe_time(&settings, at)
-                    ),
-                    false,
-                )
-            }
-        };
-        let changed = tx
-            .execute(
-                "UPDATE messages SET status = $3, due_at = $4, status_reason = $5, provider = $6,
-                     provider_message_id = $7, updated_at = $8
-                 WHERE shop_id = $1 AND id = $2 AND status = 4 AND attempts = $9",
-                vec![
-                    row.shop_id.clone().into(),
-                    row.id.clone().into(),
-                    new_status.into(),
-                    due_at.into(),
-                    reason.into(),
-                    provider.into(),
-                    provider_id.into(),
-                    now.into(),
-                    row.attempts.into(),
-                ],
             )
             .await?;
-        if changed == 0 {
-            return Ok(());
+            for r in &found {
+                if r.try_get::<i32>("", "status")? == status::SENDING {
+                    current.insert((
+                        shop.to_owned(),
+                        r.try_get("", "id")?,
+                        r.try_get("", "attempts")?,
+                    ));
+                }
+            }
         }
-        if give_back {
-            self.give_back_slot(tx, row).await?;
+        let mut updates = Vec::with_capacity(done.len());
+        let mut history = Vec::with_capacity(done.len());
+        for ((row, outcome), jitter) in done.iter().zip(jitters) {
+            if !current.contains(&(row.shop_id.clone(), row.id.clone(), row.attempts)) {
+                continue;
+            }
+            let settings = self.shop_settings(&row.shop_id).await?;
+            let s = settle(&settings, row, outcome, *jitter, now);
+            updates.push(vec![
+                row.shop_id.clone().into(),
+                row.id.clone().into(),
+                s.status.into(),
+                s.due_at.into(),
+                s.reason.into(),
+                s.provider.into(),
+                s.provider_message_id.into(),
+                now.into(),
+            ]);
+            if s.give_back {
+                self.give_back_slot(tx, row).await?;
+            }
+            history.push((row.shop_id.clone(), row.id.clone(), s.status, s.detail));
         }
-        self.record_history(
+        huitou_storage::bulk::update(
             tx,
-            &row.shop_id,
-            &[(row.id.as_str(), new_status, detail.as_str())],
-            now,
+            "messages",
+            &[
+                ("shop_id", Col::Text),
+                ("id", Col::Text),
+                ("status", Col::Int),
+                ("due_at", Col::BigInt),
+                ("status_reason", Col::Text),
+                ("provider", Col::Text),
+                ("provider_message_id", Col::Text),
+                ("updated_at", Col::BigInt),
+            ],
+            2,
+            updates,
         )
-        .await
+        .await?;
+        self.record_histories(tx, history, now).await
     }
+}
+
+/// How one attempt's answer leaves a message.
+struct Settled {
+    status: i32,
+    due_at: i64,
+    reason: String,
+    provider: String,
+    provider_message_id: String,
+    detail: String,
+    give_back: bool,
+}
+
+fn settle(
+    settings: &ShopSettings,
+    row: &MessageRow,
+    outcome: &Outcome,
+    jitter: f64,
+    now: i64,
+) -> Settled {
+    let max = settings.policy.max_attempts;
+    let (status, due_at, reason, provider, provider_message_id, detail, give_back) = match outcome {
+        Outcome::Sent {
+            provider,
+            provider_message_id,
+            fallback,
+        } => (
+            status::SENT,
+            now,
+            String::new(),
+            provider.clone(),
+            provider_message_id.clone(),
+            format!(
+                "sent by {provider}{} (provider id {provider_message_id})",
+                if *fallback {
+                    ", the channel's fallback"
+                } else {
+                    ""
+                }
+            ),
+            false,
+        ),
+        Outcome::NoAddress => {
+            let why = Suppression::NoAddress;
+            (
+                status::SUPPRESSED,
+                now,
+                why.code().to_owned(),
+                String::new(),
+                String::new(),
+                why.describe(),
+                true,
+            )
+        }
+        Outcome::Failed { detail, permanent } if *permanent => (
+            status::FAILED,
+            now,
+            format!("REJECTED: {detail}"),
+            String::new(),
+            String::new(),
+            format!("failed: the provider refused it ({detail})"),
+            true,
+        ),
+        Outcome::Failed { detail, .. } if row.attempts >= max => (
+            status::FAILED,
+            now,
+            format!("DEAD_LETTER: {detail}"),
+            String::new(),
+            String::new(),
+            format!(
+                "failed: dead-lettered after {} attempts ({detail})",
+                row.attempts
+            ),
+            true,
+        ),
+        Outcome::Failed { detail, .. } => {
+            let at = now + retry_delay_micros(row.attempts + 1, jitter);
+            (
+                status::RETRYING,
+                at,
+                detail.clone(),
+                String::new(),
+                String::new(),
+                format!(
+                    "attempt {} failed ({detail}); retrying at {}",
+                    row.attempts,
+                    describe_time(settings, at)
+                ),
+                false,
+            )
+        }
+    };
+    Settled {
+        status,
+        due_at,
+        reason,
+        provider,
+        provider_message_id,
+        detail,
+        give_back,
+    }
+}
+
+/// What can be decided about a message before its customer's row is read:
+/// a takeover after a lost lease, a paused template, a closed window.
+/// `None` when the customer decides.
+fn before_customer(
+    s: &ShopSettings,
+    row: &MessageRow,
+    template_active: bool,
+    now: i64,
+) -> Option<Step> {
+    if row.status == status::SENDING {
+        // The last sender stopped without recording an answer. The provider
+        // gets the same idempotency key, so a gateway that took the first
+        // attempt drops this one.
+        if row.attempts >= s.policy.max_attempts {
+            return Some(Step::Fail(
+                "DEAD_LETTER: no answer recorded".into(),
+                format!(
+                    "failed: dead-lettered after {} attempts without an answer",
+                    row.attempts
+                ),
+            ));
+        }
+        return Some(Step::Send(format!(
+            "sending again (attempt {}): the last attempt ended without an answer",
+            row.attempts + 1
+        )));
+    }
+    if !template_active {
+        return Some(Step::Suppress(Suppression::TemplatePaused));
+    }
+    let marketing = row.is_marketing();
+    // Only urgent transactional messages skip the windows.
+    if row.urgent == 0 || marketing {
+        let aim = marketing && s.policy.aim_last_hour;
+        match s.calendar.next_open(now, aim) {
+            Some(at) if at == now => {}
+            Some(at) => {
+                return Some(Step::Defer(
+                    at,
+                    format!("deferred to the next send window, {}", describe_time(s, at)),
+                ));
+            }
+            None => {
+                return Some(Step::Defer(
+                    now + DAY_MICROS,
+                    "deferred: no send window opens within a year; change the policy".into(),
+                ));
+            }
+        }
+    }
+    None
 }

@@ -475,6 +475,30 @@ impl Store {
         Ok(())
     }
 
+    /// Appends status changes of messages of several shops, with their own
+    /// details, in one statement.
+    pub async fn record_histories(
+        &self,
+        tx: &WriteTx,
+        changes: Vec<(String, String, i32, String)>,
+        at: i64,
+    ) -> Result<(), NotificationError> {
+        let rows = changes
+            .into_iter()
+            .map(|(shop, id, status, detail)| {
+                vec![
+                    shop.into(),
+                    id.into(),
+                    status.into(),
+                    at.into(),
+                    detail.into(),
+                ]
+            })
+            .collect();
+        bulk::insert(tx, "message_history", HISTORY_COLUMNS, rows, "").await?;
+        Ok(())
+    }
+
     /// A message by its once-only key.
     pub async fn message_by_key(
         &self,

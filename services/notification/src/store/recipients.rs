@@ -41,6 +41,29 @@ fn standing_of(row: &QueryResult, channel: i32) -> Result<Standing, Notification
     })
 }
 
+/// A customer's row as read for sending.
+#[derive(Debug, Clone, Default)]
+pub struct RecipientRow {
+    known: bool,
+    consents: String,
+    opted_out: String,
+    complaint: bool,
+    erased: bool,
+}
+
+impl RecipientRow {
+    /// The customer's standing on `channel`.
+    pub fn standing(&self, channel: i32) -> Standing {
+        Standing {
+            known: self.known,
+            consented: listed(&self.consents, channel),
+            opted_out: listed(&self.opted_out, channel),
+            complaint: self.complaint,
+            erased: self.erased,
+        }
+    }
+}
+
 /// A change to what is known of a customer.
 #[derive(Debug, Clone)]
 pub enum RecipientChange<'a> {
@@ -95,6 +118,41 @@ impl Store {
             Some(row) => standing_of(row, channel),
             None => Ok(Standing::default()),
         }
+    }
+
+    /// The rows of many customers of one shop, locked until `tx` ends
+    /// (PostgreSQL, in customer order so two dispatchers never wait on each
+    /// other in a cycle). Unknown customers are absent.
+    pub async fn lock_recipients(
+        &self,
+        tx: &huitou_storage::WriteTx,
+        shop_id: &str,
+        customer_ids: &[String],
+    ) -> Result<HashMap<String, RecipientRow>, NotificationError> {
+        let rows = huitou_storage::bulk::rows_with_keys(
+            tx,
+            "recipients.customer_id, known, consents, opted_out, complaint, erased",
+            "recipients",
+            "customer_id",
+            shop_id,
+            customer_ids,
+            true,
+        )
+        .await?;
+        let mut out = HashMap::with_capacity(rows.len());
+        for r in &rows {
+            out.insert(
+                r.try_get::<String>("", "customer_id")?,
+                RecipientRow {
+                    known: r.try_get::<i32>("", "known")? != 0,
+                    consents: r.try_get("", "consents")?,
+                    opted_out: r.try_get("", "opted_out")?,
+                    complaint: r.try_get::<i32>("", "complaint")? != 0,
+                    erased: r.try_get::<i32>("", "erased")? != 0,
+                },
+            );
+        }
+        Ok(out)
     }
 
     /// Standings of many customers on one channel (unknown ones absent).
