@@ -811,3 +811,62 @@ async fn birthdays_and_holidays_are_greeted_once_each() {
     );
     f.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_gateway_that_times_out_is_retried_under_the_same_idempotency_key() {
+    use huitou_notification::providers::ProviderConfig;
+    use tokio::io::AsyncReadExt;
+    let f = Fixture::new("notify-timeout").await;
+    // A gateway that takes the request and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/send", listener.local_addr().unwrap());
+    let heard = Arc::new(Mutex::new(Vec::<String>::new()));
+    let log = heard.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let n = socket.read(&mut buf).await.unwrap_or(0);
+                let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                if let Some(key) = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Idempotency-Key: "))
+                {
+                    log.lock().unwrap().push(key.trim().to_owned());
+                }
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    let slow = ProviderConfig::Webhook {
+        url,
+        secret: "webhook-secret-0123456789".to_owned().into(),
+        timeout_ms: 200,
+    }
+    .open("slow")
+    .unwrap();
+    let d = f.dispatcher(slow, None);
+    let care = f
+        .template(pb::MessageKind::Transactional, "天冷了，注意保暖。")
+        .await;
+    let id = f.accept("sun", &care).await;
+    d.pass().await.expect("pass");
+    let m = f.message(&id).await;
+    assert_eq!(m.status, status::RETRYING, "{m:#?}");
+    assert!(
+        m.status_reason.contains("no answer within 200 ms"),
+        "{}",
+        m.status_reason
+    );
+    f.due_now().await;
+    d.pass().await.expect("pass");
+    // Every attempt carried the message id: a gateway that did take the
+    // first one drops the rest.
+    assert_eq!(*heard.lock().unwrap(), vec![id.clone(), id.clone()]);
+    assert_eq!(f.message(&id).await.attempts, 2);
+    f.cleanup().await;
+}

@@ -346,19 +346,27 @@ pub async fn rows_with_keys(
         return Ok(Vec::new());
     }
     if tx.backend() == sea_orm::DbBackend::Postgres {
-        let items: Vec<Value> = keys
-            .iter()
-            .map(|k| Value::String(Some(k.clone())))
-            .collect();
+        let mut sorted = keys.to_vec();
+        if lock {
+            // Locks are taken in key order, so two batches never wait on
+            // each other in a cycle.
+            sorted.sort();
+        }
+        let items: Vec<Value> = sorted.into_iter().map(|k| Value::String(Some(k))).collect();
+        // Each key is looked up on its own through the `(shop_id, key)`
+        // index. A join was planned, on statistics that lag a table growing
+        // with one shop, as a scan of the shop's rows: the cost grew with the
+        // table. `LATERAL` with `OFFSET 0` (or the lock) keeps the planner
+        // from flattening the lookup into such a join.
         let sql = format!(
-            "SELECT {columns} FROM {table} JOIN unnest($2::text[]) AS wanted(wanted_key)
-             ON {table}.shop_id = $1 AND {table}.{key_column} = wanted.wanted_key{}",
-            // Locks are taken in key order, so two batches never wait on each other in a cycle.
-            if lock {
-                format!(" ORDER BY {table}.{key_column} FOR UPDATE OF {table}")
-            } else {
-                String::new()
-            }
+            "SELECT {columns} FROM unnest($2::text[]) WITH ORDINALITY AS wanted(wanted_key, wanted_at)
+             CROSS JOIN LATERAL (
+                 SELECT * FROM {table}
+                 WHERE {table}.shop_id = $1 AND {table}.{key_column} = wanted.wanted_key
+                 {}
+             ) AS {table}
+             ORDER BY wanted.wanted_at",
+            if lock { "FOR UPDATE" } else { "OFFSET 0" }
         );
         return tx
             .query_all(

@@ -71,6 +71,7 @@ impl Dispatcher {
     /// One pass: claims up to a batch of due messages and sends them; how
     /// many were claimed.
     pub async fn pass(&self) -> Result<usize, NotificationError> {
+        let started = std::time::Instant::now();
         let claimed = self
             .store
             .claim_due(now_micros(), self.batch, self.lease_micros)
@@ -79,6 +80,7 @@ impl Dispatcher {
         if n == 0 {
             return Ok(0);
         }
+        let claimed_in = started.elapsed();
         let mut groups: BTreeMap<(String, i32), Vec<MessageRow>> = BTreeMap::new();
         for row in claimed {
             groups
@@ -137,7 +139,15 @@ impl Dispatcher {
                 }
             }
         }
+        let sent_in = started.elapsed();
         self.store.record_outcomes(done, jitter).await?;
+        tracing::debug!(
+            messages = n,
+            claim_ms = claimed_in.as_millis() as u64,
+            send_ms = (sent_in - claimed_in).as_millis() as u64,
+            record_ms = (started.elapsed() - sent_in).as_millis() as u64,
+            "dispatch pass"
+        );
         Ok(n)
     }
 
