@@ -402,6 +402,7 @@ pub async fn dispatch(
         Providers {
             first: sink_provider,
             fallback: None,
+            per_shop_per_second: 0,
         },
     )]);
     let dispatcher = huitou_notification::dispatcher::Dispatcher::new(
@@ -410,6 +411,7 @@ pub async fn dispatch(
         Arc::new(LocalBook),
         config.dispatch_batch,
         Duration::from_secs(60),
+        Arc::new(huitou_storage::cache::LocalCache::new(1_000)),
     );
     let started = Instant::now();
     let workers: Vec<_> = (0..2)

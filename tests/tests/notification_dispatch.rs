@@ -113,6 +113,7 @@ impl Provider for Gateway {
 struct Fixture {
     database: TestDatabase,
     store: Store,
+    rates: Arc<dyn huitou_storage::cache::Cache>,
 }
 
 impl Fixture {
@@ -139,7 +140,13 @@ impl Fixture {
             })
             .await
             .expect("policy");
-        Fixture { database, store }
+        let rates: Arc<dyn huitou_storage::cache::Cache> =
+            Arc::new(huitou_storage::cache::LocalCache::new(10_000));
+        Fixture {
+            database,
+            store,
+            rates,
+        }
     }
 
     fn dispatcher(
@@ -147,15 +154,23 @@ impl Fixture {
         first: Arc<dyn Provider>,
         fallback: Option<Arc<dyn Provider>>,
     ) -> Dispatcher {
+        self.limited_dispatcher(first, fallback, 0)
+    }
+
+    fn limited_dispatcher(
+        &self,
+        first: Arc<dyn Provider>,
+        fallback: Option<Arc<dyn Provider>>,
+        per_shop_per_second: u32,
+    ) -> Dispatcher {
+        let route = Providers {
+            first,
+            fallback,
+            per_shop_per_second,
+        };
         let routes = HashMap::from([
-            (
-                Channel::Sms as i32,
-                Providers {
-                    first: first.clone(),
-                    fallback: fallback.clone(),
-                },
-            ),
-            (Channel::Email as i32, Providers { first, fallback }),
+            (Channel::Sms as i32, route.clone()),
+            (Channel::Email as i32, route),
         ]);
         Dispatcher::new(
             self.store.clone(),
@@ -163,6 +178,7 @@ impl Fixture {
             Arc::new(Book),
             50,
             Duration::from_secs(60),
+            self.rates.clone(),
         )
     }
 
@@ -651,7 +667,7 @@ asyncore.loop()
     }
     let _server = Killed(
         std::process::Command::new("python3")
-            .arg("-c")
+            .args(["-W", "ignore", "-c"])
             .arg(script)
             .spawn()
             .expect("python3 runs the SMTP server"),
@@ -868,5 +884,58 @@ async fn a_gateway_that_times_out_is_retried_under_the_same_idempotency_key() {
     // first one drops the rest.
     assert_eq!(*heard.lock().unwrap(), vec![id.clone(), id.clone()]);
     assert_eq!(f.message(&id).await.attempts, 2);
+    f.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_shops_per_second_limit_holds_messages_back_without_counting_attempts() {
+    let f = Fixture::new("notify-rate").await;
+    let gateway = Gateway::new("gw", 0, false);
+    let d = f.limited_dispatcher(gateway.clone(), None, 3);
+    let care = f
+        .template(pb::MessageKind::Transactional, "天冷了，注意保暖。")
+        .await;
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(f.accept(&format!("r{i}"), &care).await);
+    }
+    let started = std::time::Instant::now();
+    d.pass().await.expect("pass");
+    let mut sent = 0;
+    for id in &ids {
+        let m = f.message(id).await;
+        match m.status {
+            s if s == status::SENT => sent += 1,
+            s if s == status::QUEUED => {
+                assert_eq!(m.attempts, 0, "a held-back message was not attempted");
+                assert!(
+                    m.history
+                        .last()
+                        .unwrap()
+                        .detail
+                        .contains("limit of 3 per second")
+                );
+            }
+            other => panic!("status {other}"),
+        }
+    }
+    assert!(sent <= 3, "{sent} sent within one second");
+    // Second by second, the rest go: ten at three a second take at least
+    // four distinct seconds, so more than two whole seconds.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while gateway.seen().len() < 10 {
+        assert!(std::time::Instant::now() < deadline, "not all sent");
+        d.pass().await.expect("pass");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        started.elapsed() > Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(gateway.seen().len(), 10, "each sent once");
+    for id in &ids {
+        assert_eq!(f.message(id).await.attempts, 1);
+    }
     f.cleanup().await;
 }

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use huitou_storage::cache::{Cache, shop_key};
 use huitou_storage::now_micros;
 use tokio::task::JoinSet;
 
@@ -28,6 +29,8 @@ pub struct Providers {
     pub first: Arc<dyn Provider>,
     /// Tried when the first fails.
     pub fallback: Option<Arc<dyn Provider>>,
+    /// Most messages per shop per second; 0 for no limit.
+    pub per_shop_per_second: u32,
 }
 
 /// Sends due messages.
@@ -38,6 +41,7 @@ pub struct Dispatcher {
     contacts: Arc<dyn ContactBook>,
     batch: usize,
     lease_micros: i64,
+    rates: Arc<dyn Cache>,
 }
 
 /// A random share in [0, 1) for retry jitter.
@@ -58,6 +62,7 @@ impl Dispatcher {
         contacts: Arc<dyn ContactBook>,
         batch: usize,
         lease: Duration,
+        rates: Arc<dyn Cache>,
     ) -> Self {
         Self {
             store,
@@ -65,6 +70,38 @@ impl Dispatcher {
             contacts,
             batch,
             lease_micros: lease.as_micros() as i64,
+            rates,
+        }
+    }
+
+    /// How many of `n` messages a shop may hand the channel's provider in
+    /// this second; the rest wait for the next.
+    async fn allowance(&self, shop: &str, channel: i32, limit: u32, n: usize) -> (usize, i64) {
+        let now = now_micros();
+        let second = now.div_euclid(1_000_000);
+        let next = (second + 1) * 1_000_000;
+        if limit == 0 {
+            return (n, next);
+        }
+        let key = shop_key(
+            shop,
+            &["notify-rate", &channel.to_string(), &second.to_string()],
+        );
+        match self
+            .rates
+            .incr(&key, n as i64, Duration::from_secs(2))
+            .await
+        {
+            Ok(count) => {
+                let before = (count - n as i64).max(0);
+                (
+                    (i64::from(limit) - before).clamp(0, n as i64) as usize,
+                    next,
+                )
+            }
+            // The cache falls back to counting in the process; if even
+            // that fails, send rather than stall.
+            Err(_) => (n, next),
         }
     }
 
@@ -119,7 +156,26 @@ impl Dispatcher {
                 }
                 continue;
             };
-            for row in rows {
+            let (reachable, unreachable): (Vec<_>, Vec<_>) = rows
+                .into_iter()
+                .partition(|r| addresses.contains_key(&r.customer_id));
+            for row in unreachable {
+                done.push((row, Outcome::NoAddress));
+            }
+            let (allowed, next_second) = self
+                .allowance(&shop, channel, route.per_shop_per_second, reachable.len())
+                .await;
+            for (i, row) in reachable.into_iter().enumerate() {
+                if i >= allowed {
+                    done.push((
+                        row,
+                        Outcome::Throttled {
+                            until: next_second,
+                            limit: route.per_shop_per_second,
+                        },
+                    ));
+                    continue;
+                }
                 let Some(to) = addresses.get(&row.customer_id).cloned() else {
                     done.push((row, Outcome::NoAddress));
                     continue;

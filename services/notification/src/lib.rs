@@ -22,6 +22,7 @@ use std::time::Duration;
 use huitou_proto::customer::v1::Channel;
 use huitou_proto::notification::v1::notification_service_server::NotificationServiceServer;
 use huitou_runtime::server::GrpcServer;
+use huitou_storage::cache::{Cache, CacheConfig};
 use huitou_storage::inbox::{EventInbox, Inbox};
 use huitou_storage::outbox::Outbox;
 use huitou_storage::{Database, DatabaseConfig};
@@ -55,6 +56,9 @@ pub const CHANNELS: &[(&str, Channel)] = &[
 pub struct NotificationConfig {
     /// Its database.
     pub database: DatabaseConfig,
+    /// Counters for the providers' per-shop rate limits (Redis shares them
+    /// across replicas; in-process otherwise).
+    pub cache: CacheConfig,
     /// The customer service, asked for addresses at the moment of sending
     /// and for the customer behind a reply's phone number.
     pub customer_endpoint: String,
@@ -92,12 +96,14 @@ impl Default for NotificationConfig {
                     Route {
                         provider: "log".into(),
                         fallback: String::new(),
+                        per_shop_per_second: 0,
                     },
                 )
             })
             .collect();
         Self {
             database: DatabaseConfig::default(),
+            cache: CacheConfig::default(),
             customer_endpoint: "http://127.0.0.1:50051".into(),
             providers,
             channels,
@@ -113,6 +119,7 @@ impl NotificationConfig {
     /// Problems with the settings under `section`.
     pub fn problems(&self, section: &str) -> Vec<String> {
         let mut p = self.database.problems(&format!("{section}.database"));
+        p.extend(self.cache.problems(&format!("{section}.cache")));
         if !(self.customer_endpoint.starts_with("http://")
             || self.customer_endpoint.starts_with("https://"))
         {
@@ -174,6 +181,7 @@ pub struct NotificationService {
     config: NotificationConfig,
     contacts: Arc<dyn ContactBook>,
     routes: HashMap<i32, Providers>,
+    rates: Arc<dyn Cache>,
 }
 
 impl NotificationService {
@@ -225,13 +233,22 @@ impl NotificationService {
                     StartError(format!("channel {channel}: no provider {}", route.fallback))
                 })?)
             };
-            routes.insert(*number as i32, Providers { first, fallback });
+            routes.insert(
+                *number as i32,
+                Providers {
+                    first,
+                    fallback,
+                    per_shop_per_second: route.per_shop_per_second,
+                },
+            );
         }
+        let rates = config.cache.open().map_err(|e| StartError(e.to_string()))?;
         Ok(Self {
             store: Store::new(db, Outbox::new()),
             config: config.clone(),
             contacts,
             routes,
+            rates,
         })
     }
 
@@ -278,6 +295,7 @@ impl NotificationService {
             self.contacts.clone(),
             self.config.dispatch_batch,
             Duration::from_secs(self.config.lease_seconds),
+            self.rates.clone(),
         )
     }
 

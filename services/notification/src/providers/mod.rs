@@ -199,4 +199,9 @@ pub struct Route {
     /// The provider tried when the first fails; empty for none.
     #[serde(default)]
     pub fallback: String,
+    /// Most messages one shop sends on this channel per second (the
+    /// gateway account's limit), across replicas when the cache is Redis;
+    /// 0 for no limit. Messages past it wait for the next second.
+    #[serde(default)]
+    pub per_shop_per_second: u32,
 }

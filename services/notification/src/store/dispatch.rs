@@ -40,6 +40,15 @@ pub enum Outcome {
     },
     /// The customer has no address on the channel.
     NoAddress,
+    /// Not attempted: the shop's per-second limit on the channel's provider
+    /// was reached. The message waits until `until` (µs) and is decided
+    /// again then; no attempt is counted.
+    Throttled {
+        /// When to look at it again.
+        until: i64,
+        /// The limit, per second.
+        limit: u32,
+    },
 }
 
 /// A message that left earlier: its id, template and time.
@@ -440,6 +449,8 @@ impl Store {
             }
             let settings = self.shop_settings(&row.shop_id).await?;
             let s = settle(&settings, row, outcome, *jitter, now);
+            // A held-back message was not attempted.
+            let attempts = row.attempts - i32::from(matches!(outcome, Outcome::Throttled { .. }));
             updates.push(vec![
                 row.shop_id.clone().into(),
                 row.id.clone().into(),
@@ -448,6 +459,7 @@ impl Store {
                 s.reason.into(),
                 s.provider.into(),
                 s.provider_message_id.into(),
+                attempts.into(),
                 now.into(),
             ]);
             if s.give_back {
@@ -466,6 +478,7 @@ impl Store {
                 ("status_reason", Col::Text),
                 ("provider", Col::Text),
                 ("provider_message_id", Col::Text),
+                ("attempts", Col::Int),
                 ("updated_at", Col::BigInt),
             ],
             2,
@@ -515,6 +528,18 @@ fn settle(
                 }
             ),
             false,
+        ),
+        Outcome::Throttled { until, limit } => (
+            status::QUEUED,
+            *until,
+            String::new(),
+            String::new(),
+            String::new(),
+            format!(
+                "held back: the shop's limit of {limit} per second on this channel's provider; next try at {}",
+                describe_time(settings, *until)
+            ),
+            true,
         ),
         Outcome::NoAddress => {
             let why = Suppression::NoAddress;
