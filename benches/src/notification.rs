@@ -275,6 +275,16 @@ impl ContactBook for LocalBook {
     ) -> BoxFuture<'a, Result<Option<String>, String>> {
         Box::pin(async { Ok(None) })
     }
+
+    fn withdraw_consent<'a>(
+        &'a self,
+        _shop_id: &'a str,
+        _customer_id: &'a str,
+        _channel: i32,
+        _at: i64,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Two dispatchers send `messages` marketing messages (one per consenting

@@ -398,6 +398,23 @@ async fn marketing_needs_consent_holds_the_caps_and_stops_at_an_opt_out() {
         .into_inner();
     assert_eq!(reply.customer_id, fan);
     assert!(reply.opted_out);
+    // The reply is written back to the customer's consent record.
+    let consent = customers
+        .get_customer(cpb::GetCustomerRequest {
+            customer_id: fan.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("customer")
+        .into_inner()
+        .customer
+        .expect("customer")
+        .consents
+        .into_iter()
+        .find(|c| c.channel == Channel::Sms as i32)
+        .expect("an SMS consent");
+    assert!(!consent.granted, "{consent:?}");
+    assert!(consent.source.contains("reply T"), "{consent:?}");
     set_policy(
         &mut ops,
         pb::SendPolicy {

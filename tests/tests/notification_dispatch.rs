@@ -60,6 +60,16 @@ impl ContactBook for Book {
     ) -> BoxFuture<'a, Result<Option<String>, String>> {
         Box::pin(async { Ok(None) })
     }
+
+    fn withdraw_consent<'a>(
+        &'a self,
+        _shop_id: &'a str,
+        _customer_id: &'a str,
+        _channel: i32,
+        _at: i64,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// A gateway that records every message id it is handed and answers as

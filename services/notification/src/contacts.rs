@@ -29,6 +29,16 @@ pub trait ContactBook: Send + Sync + 'static {
         shop_id: &'a str,
         phone: &'a str,
     ) -> BoxFuture<'a, Result<Option<String>, String>>;
+
+    /// Writes an opt-out (a reply) back to the customer's consent record.
+    /// An unknown or erased customer counts as done.
+    fn withdraw_consent<'a>(
+        &'a self,
+        shop_id: &'a str,
+        customer_id: &'a str,
+        channel: i32,
+        at: i64,
+    ) -> BoxFuture<'a, Result<(), String>>;
 }
 
 /// Asks the customer service (`ResolveContacts`), with the internal
@@ -100,6 +110,42 @@ impl ContactBook for CustomerContacts {
             match self.client.clone().find_customer_by_phone(request).await {
                 Ok(answer) => Ok(answer.into_inner().customer.map(|c| c.id)),
                 Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
+                Err(s) => Err(format!("customer service: {}", s.message())),
+            }
+        })
+    }
+
+    fn withdraw_consent<'a>(
+        &'a self,
+        shop_id: &'a str,
+        customer_id: &'a str,
+        channel: i32,
+        at: i64,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let request = for_shop(
+                shop_id,
+                customer::SetConsentRequest {
+                    customer_id: customer_id.to_owned(),
+                    channel,
+                    granted: false,
+                    source: "reply T (notification service)".into(),
+                    decide_time: Some(huitou_proto::timestamp_from_micros(at)),
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| e.to_string())?;
+            match self.client.clone().set_consent(request).await {
+                Ok(_) => Ok(()),
+                // Nothing left to withdraw.
+                Err(s)
+                    if matches!(
+                        s.code(),
+                        tonic::Code::NotFound | tonic::Code::FailedPrecondition
+                    ) =>
+                {
+                    Ok(())
+                }
                 Err(s) => Err(format!("customer service: {}", s.message())),
             }
         })

@@ -162,6 +162,34 @@ impl NotificationConfig {
     }
 }
 
+/// Writes opt-outs not yet written back to the customer service's consent
+/// records; how many were written. The local opt-out already stops
+/// sending: this keeps the customer record, which other tools read, true.
+pub async fn sync_opt_outs(
+    store: &Store,
+    contacts: &dyn ContactBook,
+) -> Result<usize, NotificationError> {
+    let mut done = 0;
+    for (shop, customer, channel, at) in store.unsynced_opt_outs(500).await? {
+        let number = store::recipients::channel_number(&channel);
+        if let Err(e) = contacts
+            .withdraw_consent(&shop, &customer, number, at)
+            .await
+        {
+            tracing::warn!(shop, error = %e, "opt-out not yet written back");
+            continue;
+        }
+        store
+            .transaction(|tx, store| {
+                let (shop, customer, channel) = (shop.clone(), customer.clone(), channel.clone());
+                Box::pin(async move { store.opt_out_synced(tx, &shop, &customer, &channel).await })
+            })
+            .await?;
+        done += 1;
+    }
+    Ok(done)
+}
+
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
 #[error("notification service: {0}")]
@@ -316,9 +344,13 @@ impl NotificationService {
             }));
         }
         let store = self.store.clone();
+        let contacts = self.contacts.clone();
         let mut stop_sweep = stop.clone();
         tasks.push(tokio::spawn(async move {
             loop {
+                if let Err(e) = sync_opt_outs(&store, &*contacts).await {
+                    tracing::warn!(error = %e, "writing opt-outs back to the customer service failed");
+                }
                 let retention = Duration::from_secs(
                     huitou_storage::idempotency::DEFAULT_RETENTION_HOURS * 3600,
                 );

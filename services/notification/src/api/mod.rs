@@ -816,6 +816,11 @@ impl NotificationService for NotificationApi {
                 })
                 .await?;
             tracing::info!(shop = %caller.shop_id, customer = %customer_id, "customer opted out by reply");
+            // Written back to the customer's consent record now; if the
+            // customer service is away, the housekeeping loop retries.
+            if let Err(e) = crate::sync_opt_outs(&self.store, &*self.contacts).await {
+                tracing::warn!(error = %e, "opt-out not yet written back");
+            }
         }
         Ok(Response::new(pb::RecordInboundReplyResponse {
             customer_id,

@@ -11,6 +11,11 @@ use super::{Store, marks, read_on};
 use crate::domain::rules::Standing;
 use crate::error::NotificationError;
 
+/// The channel number of a customer-service channel name.
+pub fn channel_number(name: &str) -> i32 {
+    (1..=6).find(|n| channel_name(*n) == name).unwrap_or(0)
+}
+
 /// The customer service's name of a channel (huitou.customer.v1.Channel).
 pub fn channel_name(channel: i32) -> &'static str {
     match channel {
@@ -271,7 +276,9 @@ impl Store {
             RecipientChange::OptOut(channel) => {
                 let name = channel_name(channel);
                 tx.execute(
-                    "UPDATE recipients SET opted_out = opted_out || $4 || ',', opted_out_at = $3, updated_at = $3
+                    "UPDATE recipients SET opted_out = opted_out || $4 || ',', opted_out_at = $3, updated_at = $3,
+                         opt_out_unsynced = CASE WHEN opt_out_unsynced LIKE $5 THEN opt_out_unsynced
+                                                 ELSE opt_out_unsynced || $4 || ',' END
                      WHERE shop_id = $1 AND customer_id = $2 AND opted_out NOT LIKE $5",
                     vec![
                         shop_id.into(),
@@ -296,6 +303,53 @@ impl Store {
                 .await?;
             }
         }
+        Ok(())
+    }
+
+    /// Opt-outs not yet written back to the customer service: (shop,
+    /// customer, channel name, when), oldest first.
+    pub async fn unsynced_opt_outs(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(String, String, String, i64)>, NotificationError> {
+        let rows = self
+            .read(
+                "SELECT shop_id, customer_id, opt_out_unsynced, opted_out_at FROM recipients
+                 WHERE opt_out_unsynced <> ',' ORDER BY opted_out_at LIMIT $1",
+                vec![(limit as i64).into()],
+            )
+            .await?;
+        let mut out = Vec::new();
+        for r in &rows {
+            let shop: String = r.try_get("", "shop_id")?;
+            let customer: String = r.try_get("", "customer_id")?;
+            let at: i64 = r.try_get("", "opted_out_at")?;
+            let channels: String = r.try_get("", "opt_out_unsynced")?;
+            for c in channels.split(',').filter(|c| !c.is_empty()) {
+                out.push((shop.clone(), customer.clone(), c.to_owned(), at));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Marks an opt-out as written back to the customer service.
+    pub async fn opt_out_synced(
+        &self,
+        tx: &huitou_storage::WriteTx,
+        shop_id: &str,
+        customer_id: &str,
+        channel: &str,
+    ) -> Result<(), NotificationError> {
+        tx.execute(
+            "UPDATE recipients SET opt_out_unsynced = REPLACE(opt_out_unsynced, $3, ',')
+             WHERE shop_id = $1 AND customer_id = $2",
+            vec![
+                shop_id.into(),
+                customer_id.into(),
+                format!(",{channel},").into(),
+            ],
+        )
+        .await?;
         Ok(())
     }
 

@@ -133,11 +133,25 @@ const NOTIFICATION_TABLES: SqlMigration = SqlMigration {
     ],
 };
 
+// Opt-outs not yet written back to the customer service's consent record
+// (channel names between commas); the housekeeping loop retries them.
+const OPT_OUT_SYNC: SqlMigration = SqlMigration {
+    name: "m20261124_000041_notification_opt_out_sync",
+    statements: &[
+        "ALTER TABLE recipients ADD COLUMN opt_out_unsynced TEXT NOT NULL DEFAULT ','",
+        "CREATE INDEX recipients_opt_out_unsynced ON recipients (shop_id) WHERE opt_out_unsynced <> ','",
+    ],
+};
+
 /// The notification service's migrations, in order.
 pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(KIT_TABLES), Box::new(NOTIFICATION_TABLES)]
+        vec![
+            Box::new(KIT_TABLES),
+            Box::new(NOTIFICATION_TABLES),
+            Box::new(OPT_OUT_SYNC),
+        ]
     }
 }
