@@ -707,3 +707,126 @@ async fn a_shared_coupon_credits_its_holder_and_counts_against_the_friends_limit
     assert_eq!((results.redeemed, results.redeemed_by_friends), (1, 1));
     suite.stop().await;
 }
+
+#[tokio::test]
+async fn points_buy_a_coupon_and_come_back_when_it_cannot_be_issued() {
+    use huitou_proto::loyalty::v1 as lpb;
+    let suite = TestSuite::start("coupon-exchange").await;
+    let mut ops = suite.coupons(&suite.shop.operator);
+    let mut loyalty_ops = suite.loyalty(&suite.shop.operator);
+    let mut loyalty = suite.loyalty(&suite.shop.storefront);
+    let mut customers = suite.customers(&suite.shop.operator);
+    let customer = customers
+        .upsert_customer(cpb::UpsertCustomerRequest {
+            buyer_nick: "tb_points".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("customer")
+        .into_inner()
+        .customer
+        .expect("customer")
+        .id;
+    // The member appears from the customer service's event.
+    let mut balance = None;
+    for _ in 0..300 {
+        if loyalty
+            .get_member(lpb::GetMemberRequest {
+                customer_id: customer.clone(),
+                ..Default::default()
+            })
+            .await
+            .is_ok()
+        {
+            balance = Some(());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(balance.is_some(), "the member never appeared");
+    loyalty_ops
+        .adjust_points(lpb::AdjustPointsRequest {
+            customer_id: customer.clone(),
+            points: 500,
+            reason: "welcome".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("points");
+    // One coupon per customer: the second purchase cannot be issued.
+    let template = create(&mut ops, threshold_template("积分换券", Some(10), 1)).await;
+    loyalty_ops
+        .upsert_reward(lpb::UpsertRewardRequest {
+            reward: Some(lpb::Reward {
+                code: "C30".into(),
+                name: "满299减30券".into(),
+                kind: lpb::RewardKind::Coupon as i32,
+                points_cost: 100,
+                coupon_template_id: template.template_id.clone(),
+                active: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("reward");
+    let exchange = |id: &str| lpb::ExchangeRewardRequest {
+        request_id: id.into(),
+        customer_id: customer.clone(),
+        reward_code: "C30".into(),
+        ..Default::default()
+    };
+    let first = loyalty
+        .exchange_reward(exchange("c30-0001"))
+        .await
+        .expect("exchange")
+        .into_inner();
+    assert_eq!(first.member.expect("member").balance_points, 400);
+    let got = coupons_when(&mut ops, &customer, 1).await;
+    assert_eq!(got[0].issue_reason, "points exchange");
+    assert_eq!(got[0].template_id, template.template_id);
+
+    // The second is refused by the coupon service: the points come back.
+    let second = loyalty
+        .exchange_reward(exchange("c30-0002"))
+        .await
+        .expect("exchange")
+        .into_inner();
+    assert_eq!(second.member.expect("member").balance_points, 300);
+    let mut returned = false;
+    for _ in 0..300 {
+        let m = loyalty
+            .get_member(lpb::GetMemberRequest {
+                customer_id: customer.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("member")
+            .into_inner()
+            .member
+            .expect("member");
+        if m.balance_points == 400 {
+            returned = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(returned, "the points of the refused coupon never came back");
+    let entries = loyalty
+        .list_ledger_entries(lpb::ListLedgerEntriesRequest {
+            customer_id: customer.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("ledger")
+        .into_inner()
+        .entries;
+    let back = entries
+        .iter()
+        .find(|e| e.kind == lpb::EntryKind::ExchangeReturned as i32)
+        .expect("a returned entry");
+    assert_eq!(back.points, 100);
+    assert!(back.reason.contains("LIMIT_REACHED"), "{}", back.reason);
+    assert_eq!(coupons_when(&mut ops, &customer, 1).await.len(), 1);
+    suite.stop().await;
+}

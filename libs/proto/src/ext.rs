@@ -50,6 +50,7 @@ impl EventEnvelope {
             Some(Payload::CouponReleased(_)) => "coupon.released",
             Some(Payload::CouponExpiringSoon(_)) => "coupon.expiring_soon",
             Some(Payload::CouponExpired(_)) => "coupon.expired",
+            Some(Payload::CouponExchangeRefused(_)) => "coupon.exchange_refused",
             None => "unknown",
         }
     }

@@ -26,6 +26,7 @@ pub const SUBSCRIBED: &[&str] = &[
     "order.refunded",
     "order.closed",
     "loyalty.tier_changed",
+    "loyalty.reward_exchanged",
 ];
 
 /// The coupon service's reaction to other services' events.
@@ -142,6 +143,9 @@ impl CouponEvents {
                     .change_buyer(tx, shop, &c.customer_id, BuyerChange::Birthday(0, 0))
                     .await?;
             }
+            Some(Payload::RewardExchanged(r)) if r.reward_kind == "COUPON" => {
+                self.exchange(tx, event, r).await?;
+            }
             Some(Payload::TierChanged(t)) => {
                 store
                     .change_buyer(tx, shop, &t.customer_id, BuyerChange::Tier(&t.to_tier_code))
@@ -158,6 +162,64 @@ impl CouponEvents {
                 }
             }
             _ => {}
+        }
+        Ok(())
+    }
+
+    /// Issues the coupon a member bought with points, once per exchange.
+    /// When it cannot be issued, loyalty is told (`coupon.exchange_refused`)
+    /// and gives the points back.
+    async fn exchange(
+        &self,
+        tx: &WriteTx,
+        event: &EventEnvelope,
+        r: &huitou_proto::events::v1::RewardExchanged,
+    ) -> Result<(), CouponError> {
+        let shop = event.shop_id.as_str();
+        let refused = match self
+            .store
+            .load_template(&**tx, shop, &r.coupon_template_id)
+            .await?
+        {
+            None => Some("TEMPLATE_NOT_FOUND"),
+            Some((template, _)) => {
+                let spec = IssueSpec {
+                    key: format!("exchange:{}", r.exchange_id),
+                    reason: "points exchange",
+                    agent: None,
+                };
+                match self
+                    .store
+                    .issue(tx, shop, &template, &r.customer_id, &spec, now_micros())
+                    .await
+                {
+                    Ok(_) => None,
+                    Err(
+                        e @ (CouponError::NotEligible(_)
+                        | CouponError::OutOfStock
+                        | CouponError::TemplatePaused),
+                    ) => Some(Failure::from(e).reason),
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        if let Some(reason) = refused {
+            tracing::info!(shop, exchange = %r.exchange_id, reason, "coupon reward refused; loyalty gives the points back");
+            huitou_storage::outbox::append(
+                tx,
+                crate::store::event(
+                    shop,
+                    Payload::CouponExchangeRefused(
+                        huitou_proto::events::v1::CouponExchangeRefused {
+                            customer_id: r.customer_id.clone(),
+                            exchange_id: r.exchange_id.clone(),
+                            template_id: r.coupon_template_id.clone(),
+                            reason: reason.to_owned(),
+                        },
+                    ),
+                ),
+            )
+            .await?;
         }
         Ok(())
     }

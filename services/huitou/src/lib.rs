@@ -303,11 +303,14 @@ impl Suite {
         };
         if let Some(customer) = &mut self.customer {
             if self.loyalty.is_some() {
-                customer.subscribe_if_absent(subscriber(
+                // Customer-service events are the customer.* and order.* ones.
+                let mut s = subscriber(
                     huitou_loyalty::SERVICE,
                     huitou_loyalty::events::SUBSCRIBED,
                     "",
-                ));
+                );
+                s.event_types.retain(|t| !t.starts_with("coupon."));
+                customer.subscribe_if_absent(s);
             }
             if self.coupon.is_some() {
                 // Customer-service events are the customer.* and order.* ones.
@@ -316,7 +319,8 @@ impl Suite {
                     huitou_coupon::events::SUBSCRIBED,
                     "",
                 );
-                s.event_types.retain(|t| !t.starts_with("loyalty."));
+                s.event_types
+                    .retain(|t| t.starts_with("customer.") || t.starts_with("order."));
                 customer.subscribe_if_absent(s);
             }
         }
@@ -345,6 +349,14 @@ impl Suite {
             notification
                 .use_customer_endpoint(&endpoint, &self.settings.auth.token())
                 .map_err(|e| SuiteError::Settings(vec![e.to_string()]))?;
+        }
+        if let (Some(coupon), Some(_)) = (&mut self.coupon, &self.loyalty) {
+            // A coupon bought with points that could not be issued.
+            coupon.subscribe_if_absent(subscriber(
+                huitou_loyalty::SERVICE,
+                huitou_loyalty::events::SUBSCRIBED,
+                "coupon.",
+            ));
         }
         if let (Some(loyalty), Some(_)) = (&mut self.loyalty, &self.coupon) {
             loyalty.subscribe_if_absent(subscriber(

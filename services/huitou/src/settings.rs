@@ -213,7 +213,24 @@ mod tests {
         assert_eq!(s.server.listen.port(), 50051);
         let loyalty = &s.customer.outbox.subscribers[0];
         assert_eq!(loyalty.endpoint, "http://loyalty:50051");
-        assert_eq!(loyalty.event_types, huitou_loyalty::events::SUBSCRIBED);
+        // Loyalty gets its customer events from customer and refused coupon
+        // rewards from coupon: together, exactly what it subscribes to.
+        let coupon_file = configmap_toml("coupon");
+        let coupon_side = load_layers(&defaults, &[coupon_file.as_path(), secret.as_path()])
+            .expect("coupon settings");
+        let to_loyalty = coupon_side
+            .coupon
+            .as_ref()
+            .expect("coupon section")
+            .outbox
+            .subscribers
+            .iter()
+            .find(|s| s.name == "loyalty")
+            .expect("coupon → loyalty")
+            .clone();
+        let mut loyalty_types = loyalty.event_types.clone();
+        loyalty_types.extend(to_loyalty.event_types.iter().cloned());
+        assert_eq!(loyalty_types, huitou_loyalty::events::SUBSCRIBED);
         let path = configmap_toml("loyalty");
         let s =
             load_layers(&defaults, &[path.as_path(), secret.as_path()]).expect("loyalty settings");
@@ -279,7 +296,7 @@ mod tests {
             "{:?}",
             n.problems("notification")
         );
-        for f in [customer, path, coupon, notification, secret] {
+        for f in [customer, path, coupon, notification, secret, coupon_file] {
             let _ = std::fs::remove_file(f);
         }
     }

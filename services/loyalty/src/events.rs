@@ -1,5 +1,6 @@
 //! Events from the customer service, applied to members exactly once (the
-//! inbox remembers each event id in the same transaction).
+//! inbox remembers each event id in the same transaction), and the coupon
+//! service's word that a coupon bought with points could not be issued.
 
 use huitou_proto::events::v1::EventEnvelope;
 use huitou_proto::events::v1::event_envelope::Payload;
@@ -23,6 +24,7 @@ pub const SUBSCRIBED: &[&str] = &[
     "order.refunded",
     "order.reviewed",
     "order.imported",
+    "coupon.exchange_refused",
 ];
 
 /// Loyalty's reaction to customer-service events.
@@ -85,6 +87,11 @@ impl LoyaltyEvents {
                         .order_reviewed(tx, shop, &event.event_id, order)
                         .await?;
                 }
+            }
+            Some(Payload::CouponExchangeRefused(r)) => {
+                store
+                    .return_exchange(tx, shop, &r.exchange_id, &event.event_id, &r.reason)
+                    .await?;
             }
             _ => {}
         }

@@ -7,7 +7,7 @@ use huitou_proto::loyalty::v1::{EntryKind, RewardKind};
 use huitou_storage::{WriteTx, bulk, now_micros, outbox};
 use sea_orm::{ConnectionTrait, FromQueryResult, Statement, Value};
 
-use super::members::{EntryRow, MemberRow};
+use super::members::{EntryRow, MemberKey, MemberRow};
 use super::{Store, event, new_id};
 use crate::error::LoyaltyError;
 
@@ -266,15 +266,6 @@ impl Store {
             )
             .into());
         }
-        if reward.kind == RewardKind::Coupon as i32 {
-            // Coupons come from the coupon service, which is not part of
-            // this build yet: refuse rather than spend points for nothing.
-            return Err(huitou_runtime::Failure::failed_precondition(
-                "COUPON_SERVICE_UNAVAILABLE",
-                "coupon rewards need the coupon service, which is not running",
-            )
-            .into());
-        }
         if reward.stock.is_some() {
             tx.execute(
                 "UPDATE rewards SET stock = stock - 1 WHERE shop_id = $1 AND code = $2",
@@ -309,7 +300,12 @@ impl Store {
         )
         .await?;
         let (mut task_id, mut card_id) = (String::new(), String::new());
-        let kind_name = if reward.kind == RewardKind::Gift as i32 {
+        let kind_name = if reward.kind == RewardKind::Coupon as i32 {
+            // The coupon service issues it from the event below, once per
+            // exchange; if it cannot, it says so and the points come back
+            // (`return_exchange`).
+            "COUPON"
+        } else if reward.kind == RewardKind::Gift as i32 {
             task_id = new_id();
             tx.execute(
                 "INSERT INTO fulfilment_tasks (shop_id, id, customer_id, reward_code, reward_name, exchange_id, created_at)
@@ -364,6 +360,53 @@ impl Store {
             task_id,
             card_id,
         })
+    }
+
+    /// Gives back the points of an exchange whose reward could not be
+    /// delivered, and its unit of stock; `why` goes into the ledger.
+    pub async fn return_exchange(
+        &self,
+        tx: &WriteTx,
+        shop_id: &str,
+        exchange_id: &str,
+        event_id: &str,
+        why: &str,
+    ) -> Result<(), LoyaltyError> {
+        let rows = tx
+            .query_all(
+                "SELECT customer_id, reward_code, points FROM exchanges WHERE shop_id = $1 AND id = $2",
+                vec![shop_id.into(), exchange_id.into()],
+            )
+            .await?;
+        let Some(row) = rows.first() else {
+            return Ok(());
+        };
+        let customer: String = row.try_get("", "customer_id")?;
+        let code: String = row.try_get("", "reward_code")?;
+        let points: i64 = row.try_get("", "points")?;
+        let mut member = self
+            .find_member(&**tx, shop_id, &MemberKey::Id(customer), true)
+            .await?;
+        let (program, _) = self.load_program(&**tx, shop_id).await?;
+        self.earn(
+            tx,
+            &program,
+            &mut member,
+            EntryKind::ExchangeReturned,
+            points,
+            format!("returned: reward {code} could not be delivered ({why})"),
+            event_id,
+            "",
+            "coupon service",
+        )
+        .await?;
+        self.save_member(tx, &mut member).await?;
+        tx.execute(
+            "UPDATE rewards SET stock = stock + 1 WHERE shop_id = $1 AND code = $2 AND stock IS NOT NULL",
+            vec![shop_id.into(), code.into()],
+        )
+        .await?;
+        Ok(())
     }
 
     /// Fulfilment tasks oldest first after `after`.
