@@ -108,7 +108,10 @@ impl Store {
         let mut steps: Vec<Option<Step>> = Vec::with_capacity(rows.len());
         for row in &rows {
             if !settings.contains_key(&row.shop_id) {
-                settings.insert(row.shop_id.clone(), self.shop_settings(&row.shop_id).await?);
+                settings.insert(
+                    row.shop_id.clone(),
+                    self.fresh_shop_settings(&row.shop_id).await?,
+                );
             }
             let key = (row.shop_id.clone(), row.template_id.clone());
             let template_active = match active.get(&key) {

@@ -116,6 +116,17 @@ impl Store {
         {
             return Ok(s.clone());
         }
+        self.fresh_shop_settings(shop_id).await
+    }
+
+    /// The shop's policy and calendar read now (and kept for others). The
+    /// dispatcher decides with these: a deferred message released by a
+    /// policy change must never be placed again by a copy older than the
+    /// change.
+    pub async fn fresh_shop_settings(
+        &self,
+        shop_id: &str,
+    ) -> Result<Arc<ShopSettings>, NotificationError> {
         let policy = self.policy(self.db.conn(), shop_id).await?;
         let holidays = self.holidays(shop_id, "").await?;
         let calendar = policy.calendar(&holidays);
