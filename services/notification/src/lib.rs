@@ -343,6 +343,26 @@ impl NotificationService {
                 .await
             }));
         }
+        // The delivery queue's depth, for dashboards and alerts.
+        let queue_store = self.store.clone();
+        let mut stop_queue = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                match queue_store
+                    .delivery_queue(huitou_storage::now_micros())
+                    .await
+                {
+                    Ok((due, oldest)) => {
+                        huitou_runtime::metrics::record_delivery_queue(due, oldest)
+                    }
+                    Err(e) => tracing::debug!(error = %e, "delivery queue depth not read"),
+                }
+                tokio::select! {
+                    _ = stop_queue.wait_for(|s| *s) => return,
+                    _ = tokio::time::sleep(Duration::from_secs(15)) => {}
+                }
+            }
+        }));
         let store = self.store.clone();
         let contacts = self.contacts.clone();
         let mut stop_sweep = stop.clone();

@@ -514,6 +514,9 @@ impl Store {
                 ),
             )
             .await?;
+            tx.after_commit(Box::pin(async move {
+                huitou_runtime::metrics::record_redemption(discount)
+            }));
         }
         Ok(Claimed {
             coupon: after,
@@ -563,6 +566,7 @@ impl Store {
             return Ok(None);
         }
         self.outbox.notify();
+        huitou_runtime::metrics::record_redemption(discount);
         Ok(Some(Claimed {
             coupon: row,
             discount_fen: discount,

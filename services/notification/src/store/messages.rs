@@ -499,6 +499,24 @@ impl Store {
         Ok(())
     }
 
+    /// Messages due to leave now and not yet sent, across shops, and how
+    /// long the oldest has waited (seconds): the delivery queue's depth.
+    pub async fn delivery_queue(&self, now: i64) -> Result<(i64, f64), NotificationError> {
+        let rows = self
+            .read(
+                "SELECT COUNT(*) AS n, MIN(due_at) AS oldest FROM messages
+                 WHERE status IN (1, 2, 4, 8) AND due_at <= $1",
+                vec![now.into()],
+            )
+            .await?;
+        let Some(row) = rows.first() else {
+            return Ok((0, 0.0));
+        };
+        let n: i64 = row.try_get("", "n")?;
+        let oldest: Option<i64> = row.try_get("", "oldest")?;
+        Ok((n, oldest.map_or(0.0, |o| (now - o).max(0) as f64 / 1e6)))
+    }
+
     /// A message by its once-only key.
     pub async fn message_by_key(
         &self,
