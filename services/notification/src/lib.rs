@@ -163,14 +163,15 @@ impl NotificationConfig {
 }
 
 /// Writes opt-outs not yet written back to the customer service's consent
-/// records; how many were written. The local opt-out already stops
+/// records (`only` one customer's); how many were written. The local opt-out already stops
 /// sending: this keeps the customer record, which other tools read, true.
 pub async fn sync_opt_outs(
     store: &Store,
     contacts: &dyn ContactBook,
+    only: Option<(&str, &str)>,
 ) -> Result<usize, NotificationError> {
     let mut done = 0;
-    for (shop, customer, channel, at) in store.unsynced_opt_outs(500).await? {
+    for (shop, customer, channel, at) in store.unsynced_opt_outs(only, 500).await? {
         let number = store::recipients::channel_number(&channel);
         if let Err(e) = contacts
             .withdraw_consent(&shop, &customer, number, at)
@@ -368,7 +369,7 @@ impl NotificationService {
         let mut stop_sweep = stop.clone();
         tasks.push(tokio::spawn(async move {
             loop {
-                if let Err(e) = sync_opt_outs(&store, &*contacts).await {
+                if let Err(e) = sync_opt_outs(&store, &*contacts, None).await {
                     tracing::warn!(error = %e, "writing opt-outs back to the customer service failed");
                 }
                 let retention = Duration::from_secs(

@@ -818,7 +818,13 @@ impl NotificationService for NotificationApi {
             tracing::info!(shop = %caller.shop_id, customer = %customer_id, "customer opted out by reply");
             // Written back to the customer's consent record now; if the
             // customer service is away, the housekeeping loop retries.
-            if let Err(e) = crate::sync_opt_outs(&self.store, &*self.contacts).await {
+            if let Err(e) = crate::sync_opt_outs(
+                &self.store,
+                &*self.contacts,
+                Some((&caller.shop_id, &customer_id)),
+            )
+            .await
+            {
                 tracing::warn!(error = %e, "opt-out not yet written back");
             }
         }

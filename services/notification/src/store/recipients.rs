@@ -307,18 +307,30 @@ impl Store {
     }
 
     /// Opt-outs not yet written back to the customer service: (shop,
-    /// customer, channel name, when), oldest first.
+    /// customer, channel name, when), oldest first; `only` one customer's.
     pub async fn unsynced_opt_outs(
         &self,
+        only: Option<(&str, &str)>,
         limit: usize,
     ) -> Result<Vec<(String, String, String, i64)>, NotificationError> {
-        let rows = self
-            .read(
-                "SELECT shop_id, customer_id, opt_out_unsynced, opted_out_at FROM recipients
-                 WHERE opt_out_unsynced <> ',' ORDER BY opted_out_at LIMIT $1",
-                vec![(limit as i64).into()],
-            )
-            .await?;
+        let rows = match only {
+            Some((shop, customer)) => {
+                self.read(
+                    "SELECT shop_id, customer_id, opt_out_unsynced, opted_out_at FROM recipients
+                     WHERE shop_id = $1 AND customer_id = $2 AND opt_out_unsynced <> ','",
+                    vec![shop.into(), customer.into()],
+                )
+                .await?
+            }
+            None => {
+                self.read(
+                    "SELECT shop_id, customer_id, opt_out_unsynced, opted_out_at FROM recipients
+                     WHERE opt_out_unsynced <> ',' ORDER BY opted_out_at LIMIT $1",
+                    vec![(limit as i64).into()],
+                )
+                .await?
+            }
+        };
         let mut out = Vec::new();
         for r in &rows {
             let shop: String = r.try_get("", "shop_id")?;
