@@ -277,6 +277,31 @@ async fn a_message_goes_out_through_the_file_provider_and_its_receipt_is_recorde
     let steps: Vec<i32> = delivered.history.iter().map(|h| h.status).collect();
     assert_eq!(steps, vec![QUEUED, 4, SENT, DELIVERED], "{delivered:#?}");
 
+    // Reading the address for sending is in the customer's audit log, and
+    // only Huitou's own services may do it.
+    let audit = customers
+        .list_audit_entries(cpb::ListAuditEntriesRequest {
+            customer_id: wang.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("audit")
+        .into_inner()
+        .entries;
+    assert!(
+        audit.iter().any(|e| e.reason == "notification delivery"),
+        "{audit:?}"
+    );
+    let err = customers
+        .resolve_contacts(cpb::ResolveContactsRequest {
+            customer_ids: vec![wang.clone()],
+            channel: Channel::Sms as i32,
+            reason: "curious operator".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+
     // Another shop sees none of it.
     let mut other = suite.notifications(&suite.other_shop.operator);
     let err = other

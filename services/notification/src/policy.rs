@@ -206,7 +206,7 @@ pub fn check_holiday(given: Option<&pb::Holiday>) -> Result<pb::Holiday, Failure
         "holiday.name",
         "must be 1-30 characters",
     );
-    windows_in(&h.windows, "holiday.windows", &mut v);
+    let windows = windows_in(&h.windows, "holiday.windows", &mut v);
     v.check(
         !h.quiet || h.windows.is_empty(),
         "holiday.windows",
@@ -220,8 +220,7 @@ pub fn check_holiday(given: Option<&pb::Holiday>) -> Result<pb::Holiday, Failure
     v.finish()?;
     let mut h = h.clone();
     h.name = h.name.trim().to_owned();
-    let mut w = FieldViolations::new();
-    h.windows = windows_out(&windows_in(&h.windows, "windows", &mut w));
+    h.windows = windows_out(&windows);
     Ok(h)
 }
 

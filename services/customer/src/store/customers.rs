@@ -497,26 +497,16 @@ impl Store {
         shop_id: &str,
         ids: &[String],
     ) -> Result<Vec<CustomerRecord>, CustomerError> {
-        let mut values: Vec<Value> = vec![shop_id.into()];
-        let marks: Vec<String> = ids
-            .iter()
-            .map(|id| {
-                values.push(id.as_str().into());
-                format!("${}", values.len())
-            })
-            .collect();
-        let sql = format!(
-            "SELECT {COLUMNS} FROM customers WHERE shop_id = $1 AND id IN ({})",
-            marks.join(", ")
-        );
-        let stmt = Statement::from_sql_and_values(self.db.backend(), self.db.sql(&sql), values);
-        self.db
-            .conn()
-            .query_all_raw(stmt)
-            .await?
-            .iter()
-            .map(|row| CustomerRecord::from_row(CustomerRow::from_query_result(row, "")?))
-            .collect()
+        huitou_storage::bulk::query_with_keys(
+            self.db.conn(),
+            &format!("SELECT {COLUMNS} FROM customers WHERE shop_id = $1 AND id {{keys}}"),
+            vec![shop_id.into()],
+            ids,
+        )
+        .await?
+        .iter()
+        .map(|row| CustomerRecord::from_row(CustomerRow::from_query_result(row, "")?))
+        .collect()
     }
 
     /// Reads a customer by buyer nick.

@@ -10,7 +10,7 @@ use huitou_storage::bulk::{self, Col};
 use huitou_storage::{WriteTx, now_micros};
 use sea_orm::{ConnectionTrait, FromQueryResult, Value};
 
-use super::{ShopSettings, Store, marks, new_id, read_on};
+use super::{ShopSettings, Store, new_id, read_on};
 use crate::domain::rules::{Standing, Suppression, admit};
 use crate::domain::window::local_date;
 use crate::error::NotificationError;
@@ -419,17 +419,17 @@ impl Store {
             rows.iter().collect()
         } else {
             // Some keys were taken: keep the rows whose ids made it in.
+            let ids: Vec<String> = rows.iter().map(|(r, _)| r.id.clone()).collect();
             let mut present = std::collections::HashSet::new();
-            for chunk in rows.chunks(5_000) {
-                let sql = format!(
-                    "SELECT id FROM messages WHERE shop_id = $1 AND id IN ({})",
-                    marks(2, chunk.len())
-                );
-                let mut v: Vec<Value> = vec![shop_id.into()];
-                v.extend(chunk.iter().map(|(r, _)| r.id.clone().into()));
-                for r in tx.query_all(&sql, v).await? {
-                    present.insert(r.try_get::<String>("", "id")?);
-                }
+            for r in bulk::query_with_keys(
+                &**tx,
+                "SELECT id FROM messages WHERE shop_id = $1 AND id {keys}",
+                vec![shop_id.into()],
+                &ids,
+            )
+            .await?
+            {
+                present.insert(r.try_get::<String>("", "id")?);
             }
             rows.iter()
                 .filter(|(r, _)| present.contains(&r.id))
@@ -459,20 +459,18 @@ impl Store {
         changes: &[(&str, i32, &str)],
         at: i64,
     ) -> Result<(), NotificationError> {
-        let rows = changes
+        let changes = changes
             .iter()
             .map(|(id, status, detail)| {
-                vec![
-                    shop_id.into(),
-                    (*id).into(),
-                    (*status).into(),
-                    at.into(),
-                    (*detail).into(),
-                ]
+                (
+                    shop_id.to_owned(),
+                    (*id).to_owned(),
+                    *status,
+                    (*detail).to_owned(),
+                )
             })
             .collect();
-        bulk::insert(tx, "message_history", HISTORY_COLUMNS, rows, "").await?;
-        Ok(())
+        self.record_histories(tx, changes, at).await
     }
 
     /// Appends status changes of messages of several shops, with their own

@@ -163,11 +163,3 @@ pub async fn read_on(
 pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
-
-/// `$from, $from+1, …` for `n` values.
-pub fn marks(from: usize, n: usize) -> String {
-    (from..from + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use huitou_storage::{WriteTx, now_micros};
 use sea_orm::{ConnectionTrait, QueryResult};
 
-use super::{Store, marks, read_on};
+use super::{Store, read_on};
 use crate::domain::rules::Standing;
 use crate::error::NotificationError;
 
@@ -168,19 +168,19 @@ impl Store {
         customer_ids: &[&str],
         channel: i32,
     ) -> Result<HashMap<String, Standing>, NotificationError> {
-        let mut out = HashMap::with_capacity(customer_ids.len());
-        for chunk in customer_ids.chunks(5_000) {
-            let sql = format!(
-                "SELECT customer_id, known, consents, opted_out, complaint, erased FROM recipients
-                 WHERE shop_id = $1 AND customer_id IN ({})",
-                marks(2, chunk.len())
-            );
-            let mut values = vec![shop_id.into()];
-            values.extend(chunk.iter().map(|c| (*c).into()));
-            for row in read_on(conn, &self.db, &sql, values).await? {
-                let id: String = row.try_get("", "customer_id")?;
-                out.insert(id, standing_of(&row, channel)?);
-            }
+        let keys: Vec<String> = customer_ids.iter().map(|c| (*c).to_owned()).collect();
+        let rows = huitou_storage::bulk::query_with_keys(
+            conn,
+            "SELECT customer_id, known, consents, opted_out, complaint, erased FROM recipients
+             WHERE shop_id = $1 AND customer_id {keys}",
+            vec![shop_id.into()],
+            &keys,
+        )
+        .await?;
+        let mut out = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let id: String = row.try_get("", "customer_id")?;
+            out.insert(id, standing_of(row, channel)?);
         }
         Ok(out)
     }
