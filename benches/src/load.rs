@@ -160,3 +160,32 @@ where
     }
     Measured::merge(parts, started.elapsed())
 }
+
+/// Runs `call(worker, i)` for `i` in `0..per_worker` on each of `workers`
+/// tasks, unmeasured (to fill caches before a run); how many calls failed.
+pub async fn each_once<F, Fut>(workers: usize, per_worker: u64, call: F) -> u64
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send,
+{
+    let call = Arc::new(call);
+    let tasks: Vec<_> = (0..workers)
+        .map(|w| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                let mut failed = 0;
+                for i in 0..per_worker {
+                    if !call(w, i).await {
+                        failed += 1;
+                    }
+                }
+                failed
+            })
+        })
+        .collect();
+    let mut failed = 0;
+    for t in tasks {
+        failed += t.await.unwrap_or(per_worker);
+    }
+    failed
+}

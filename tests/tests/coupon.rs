@@ -830,3 +830,129 @@ async fn points_buy_a_coupon_and_come_back_when_it_cannot_be_issued() {
     assert_eq!(coupons_when(&mut ops, &customer, 1).await.len(), 1);
     suite.stop().await;
 }
+
+/// Paid, shipped, received and reviewed: what a review rule needs.
+async fn reviewed(orders: &mut huitou_tests::Customers, order_no: &str, rating: cpb::ReviewRating) {
+    orders
+        .ship_order(cpb::ShipOrderRequest {
+            order_no: order_no.into(),
+            shipment: Some(cpb::Shipment {
+                carrier: "顺丰".into(),
+                tracking_number: format!("SF{order_no}"),
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("ship");
+    orders
+        .confirm_order_received(cpb::ConfirmOrderReceivedRequest {
+            order_no: order_no.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("receive");
+    orders
+        .review_order(cpb::ReviewOrderRequest {
+            order_no: order_no.into(),
+            rating: rating as i32,
+            text: "评价".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("review");
+}
+
+/// Across the three services: an order that lifts the buyer a tier in
+/// loyalty issues the tier-upgrade coupon; any genuine review earns the
+/// review coupon (DOMAIN.md §3: rewarding only good reviews is the shop's
+/// choice, and then a bad review earns nothing).
+#[tokio::test]
+async fn tier_upgrades_and_reviews_issue_their_rules_coupons() {
+    let suite = TestSuite::start("coupon-tier-review").await;
+    let mut ops = suite.coupons(&suite.shop.operator);
+    let mut front = suite.coupons(&suite.shop.storefront);
+    let mut orders = suite.customers(&suite.shop.storefront);
+    let upgrade = create(&mut ops, threshold_template("升级礼券", None, 0)).await;
+    let review = create(&mut ops, threshold_template("评价返券", None, 0)).await;
+    let rule =
+        |trigger: pb::IssueTrigger, template: &str, good_only: bool| pb::SetIssueRuleRequest {
+            rule: Some(pb::IssueRule {
+                trigger: trigger as i32,
+                template_id: template.into(),
+                active: true,
+                positive_reviews_only: good_only,
+            }),
+        };
+    ops.set_issue_rule(rule(
+        pb::IssueTrigger::TierUpgrade,
+        &upgrade.template_id,
+        false,
+    ))
+    .await
+    .expect("upgrade rule");
+    ops.set_issue_rule(rule(pb::IssueTrigger::Review, &review.template_id, false))
+        .await
+        .expect("review rule");
+
+    // 600 yuan paid lifts a new member past SENIOR (500 yuan) at once.
+    let mut big = order("TR-1", "tb_zhao", cpb::OrderStatus::Paid);
+    big.items[0].unit_price_fen = 30_000;
+    big.payable_fen = 60_000;
+    let customer = orders
+        .record_order(big)
+        .await
+        .expect("order")
+        .into_inner()
+        .order
+        .unwrap()
+        .customer_id;
+    let got = coupons_when(&mut front, &customer, 1).await;
+    assert_eq!(got[0].issue_reason, "tier upgrade");
+    assert_eq!(got[0].template_id, upgrade.template_id);
+
+    // A bad review is a genuine review: it earns the coupon by default.
+    reviewed(&mut orders, "TR-1", cpb::ReviewRating::Bad).await;
+    let got = coupons_when(&mut front, &customer, 2).await;
+    assert!(
+        got.iter()
+            .any(|c| c.issue_reason == "review" && c.template_id == review.template_id)
+    );
+
+    // Good reviews only: a bad one earns nothing, a good one does.
+    ops.set_issue_rule(rule(pb::IssueTrigger::Review, &review.template_id, true))
+        .await
+        .expect("good reviews only");
+    for (no, rating) in [
+        ("TR-2", cpb::ReviewRating::Bad),
+        ("TR-3", cpb::ReviewRating::Good),
+    ] {
+        orders
+            .record_order(order(no, "tb_zhao", cpb::OrderStatus::Paid))
+            .await
+            .expect("order");
+        reviewed(&mut orders, no, rating).await;
+    }
+    let got = coupons_when(&mut front, &customer, 3).await;
+    // Events arrive in order: by the time the good review's coupon is
+    // there, the bad review was applied and earned nothing.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got_after = coupons_when(&mut front, &customer, 3).await;
+    assert_eq!(got.len(), 3);
+    assert_eq!(got_after.len(), 3, "the bad review earned no coupon");
+    assert_eq!(
+        got_after
+            .iter()
+            .filter(|c| c.issue_reason == "review")
+            .count(),
+        2
+    );
+    assert_eq!(
+        got_after
+            .iter()
+            .filter(|c| c.issue_reason == "tier upgrade")
+            .count(),
+        1,
+        "later orders lifted no tier"
+    );
+    suite.stop().await;
+}

@@ -4,10 +4,12 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test code fails loudly
 
+use huitou_coupon::domain::checkout::Attempt;
+use huitou_coupon::domain::discount::{Cart, Line};
 use huitou_coupon::domain::rules::DAY_MICROS;
 use huitou_coupon::store::Store;
 use huitou_coupon::store::buyers::BuyerChange;
-use huitou_coupon::store::coupons::IssueSpec;
+use huitou_coupon::store::coupons::{Claim, IssueSpec};
 use huitou_coupon::{CouponConfig, CouponService};
 use huitou_proto::coupon::v1 as pb;
 use huitou_proto::coupon::v1::coupon_template::{Benefit, Validity};
@@ -82,6 +84,50 @@ async fn reminders_once_then_expiry_and_birthdays_once_a_year() {
         .expect("issue")
         .coupon;
 
+    // A second coupon, used the day after it was given: its window closing
+    // changes nothing (no expiry, no event); the sweeper only marks it seen.
+    let used = store
+        .transaction({
+            let t = t.clone();
+            move |tx, store| {
+                let t = t.clone();
+                Box::pin(async move {
+                    let spec = IssueSpec {
+                        key: "k2".into(),
+                        reason: "test",
+                        agent: None,
+                    };
+                    let c = store.issue(tx, SHOP, &t, "c-2", &spec, issued_at).await?;
+                    let cart = Cart {
+                        lines: vec![Line {
+                            sku: "S".into(),
+                            category: "C".into(),
+                            quantity: 1,
+                            unit_price_fen: 10_000,
+                        }],
+                        shipping_fen: 0,
+                    };
+                    let attempt = Attempt {
+                        code: &c.coupon.code,
+                        customer_id: "c-2",
+                        order_no: "O-2",
+                        cart: &cart,
+                        tier_discount_applied: false,
+                        other_coupons: false,
+                        friend_at_limit: false,
+                        now: issued_at + DAY_MICROS,
+                    };
+                    store
+                        .claim(tx, SHOP, &t, &attempt, Claim::Redeem(10_000))
+                        .await
+                })
+            }
+        })
+        .await
+        .expect("issue and redeem")
+        .coupon;
+    assert_eq!(used.state, 3);
+
     // 26 days on: nothing yet. 27.5 days on: one reminder, and only one.
     let r = store
         .sweep(issued_at + 26 * DAY_MICROS, 3)
@@ -118,6 +164,24 @@ async fn reminders_once_then_expiry_and_birthdays_once_a_year() {
         .expect("find")
         .expect("coupon");
     assert_eq!(row.state, 4);
+    let row = store
+        .find_coupon(store.db.conn(), SHOP, &used.code)
+        .await
+        .expect("find")
+        .expect("coupon");
+    assert_eq!(row.state, 3, "a used coupon stays used");
+    let unswept = store
+        .read(
+            "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM coupons WHERE swept = 0",
+            vec![],
+        )
+        .await
+        .expect("count");
+    let unswept: i64 = unswept[0].try_get("", "n").expect("n");
+    assert_eq!(
+        unswept, 0,
+        "both coupons whose window closed were seen once"
+    );
 
     // Birthdays: the rule's template goes to buyers born today in its
     // time zone, once a year however often the run comes.

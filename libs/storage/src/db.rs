@@ -256,16 +256,22 @@ pub struct WriteTx {
 pub type AfterCommit = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 impl WriteTx {
-    /// Commits.
     /// Commits, then runs the after-commit work before returning, so a
     /// caller that sees the answer also sees caches refreshed. A rollback
-    /// drops the work.
+    /// drops the work. The SQLite write gate is let go first: the next
+    /// writer need not wait for a cache round trip.
     pub async fn commit(self) -> Result<(), StorageError> {
-        let work = match self.after_commit.lock() {
-            Ok(mut w) => std::mem::take(&mut *w),
-            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        let WriteTx {
+            tx,
+            _gate: gate,
+            after_commit,
+        } = self;
+        let work = match after_commit.into_inner() {
+            Ok(w) => w,
+            Err(poisoned) => poisoned.into_inner(),
         };
-        self.tx.commit().await?;
+        tx.commit().await?;
+        drop(gate);
         for w in work {
             w.await;
         }

@@ -1,7 +1,8 @@
 //! Schema migrations as plain SQL, one dialect for both backends.
 //!
 //! Migrations are written once with two placeholders — `{bytes}` (BYTEA /
-//! BLOB) and `{seq_pk}` (an auto-increasing 64-bit key) — and named with a
+//! BLOB) and `{seq_pk}` (an auto-increasing 64-bit key); a statement
+//! starting with `{postgres}` runs on PostgreSQL only — and named with a
 //! timestamp (`m20261123_000001_kit`), run in name order by
 //! sea-orm-migration, which records them in `seaql_migrations`. Times are
 //! stored as BIGINT microseconds since the epoch (UTC) and money as BIGINT
@@ -17,6 +18,10 @@ pub struct SqlMigration {
     /// The statements, in the shared dialect.
     pub statements: &'static [&'static str],
 }
+
+/// Marks a statement that only PostgreSQL runs (storage settings such as
+/// a table's fillfactor, which SQLite has no notion of).
+pub const POSTGRES_ONLY: &str = "{postgres}";
 
 /// Rewrites the shared dialect for a backend.
 pub fn dialect(backend: DbBackend, sql: &str) -> String {
@@ -39,6 +44,11 @@ impl MigrationTrait for SqlMigration {
         let conn = manager.get_connection();
         let backend = conn.get_database_backend();
         for statement in self.statements {
+            let statement = match statement.strip_prefix(POSTGRES_ONLY) {
+                Some(_) if backend != DbBackend::Postgres => continue,
+                Some(rest) => rest,
+                None => statement,
+            };
             conn.execute_unprepared(&dialect(backend, statement))
                 .await?;
         }

@@ -104,7 +104,7 @@ impl CouponApi {
         self.guesses.check(caller)?;
         match self
             .store
-            .find_coupon(self.store.db.conn(), &caller.shop_id, code)
+            .coupon_for_checkout(&caller.shop_id, code)
             .await?
         {
             Some(c) => Ok(c),

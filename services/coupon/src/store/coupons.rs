@@ -14,41 +14,61 @@ use crate::domain::rules::{self, Buyer, NotEligible};
 use crate::error::CouponError;
 use crate::template::Template;
 
-/// A coupon as stored.
-#[derive(Debug, Clone, PartialEq, Eq, FromQueryResult)]
+/// A coupon as stored. It is also its own cache entry (see `cached`),
+/// hence the protobuf tags.
+#[derive(Clone, PartialEq, Eq, FromQueryResult, prost::Message)]
 pub struct CouponRow {
     /// Code, canonical form.
+    #[prost(string, tag = "1")]
     pub code: String,
     /// Template.
+    #[prost(string, tag = "2")]
     pub template_id: String,
     /// Holder.
+    #[prost(string, tag = "3")]
     pub customer_id: String,
     /// `State` number.
+    #[prost(int32, tag = "4")]
     pub state: i32,
     /// First usable moment, µs.
+    #[prost(int64, tag = "5")]
     pub valid_from: i64,
     /// End of the window, µs.
+    #[prost(int64, tag = "6")]
     pub valid_until: i64,
     /// Why it was issued.
+    #[prost(string, tag = "7")]
     pub issue_reason: String,
     /// Issued, µs.
+    #[prost(int64, tag = "8")]
     pub issued_at: i64,
     /// Holding or using order.
+    #[prost(string, tag = "9")]
     pub order_no: String,
     /// Hold lapses, µs.
+    #[prost(int64, optional, tag = "10")]
     pub hold_until: Option<i64>,
     /// Discount given, fen.
+    #[prost(int64, tag = "11")]
     pub discount_fen: i64,
     /// The order's items before the discount, fen.
+    #[prost(int64, tag = "12")]
     pub order_total_fen: i64,
     /// Redeemed, µs.
+    #[prost(int64, optional, tag = "13")]
     pub redeemed_at: Option<i64>,
     /// The friend who redeemed it; empty when the holder did.
+    #[prost(string, tag = "14")]
     pub redeemed_by: String,
+    /// Bumped by every change of the row, in the statement that makes it:
+    /// a change conditioned on the version it read wins only if nothing
+    /// changed in between, and the cache keeps the highest version.
+    #[prost(int64, tag = "15")]
+    pub version: i64,
 }
 
 /// The columns of [`CouponRow`].
-pub const COUPON_COLUMNS: &str = "code, template_id, customer_id, state, valid_from, valid_until, issue_reason, issued_at, order_no, hold_until, discount_fen, order_total_fen, redeemed_at, redeemed_by";
+pub const COUPON_COLUMNS: &str = "code, template_id, customer_id, state, valid_from, valid_until, issue_reason, issued_at, order_no, hold_until, discount_fen, order_total_fen, redeemed_at, redeemed_by, version";
 
 impl CouponRow {
     /// Its state.
@@ -334,7 +354,10 @@ impl Store {
             order_total_fen: 0,
             redeemed_at: None,
             redeemed_by: String::new(),
+            version: 0,
         };
+        // A coupon just given is likely checked at the next checkout.
+        self.remember_after_commit(tx, shop_id, &coupon);
         outbox::append(
             tx,
             event(
@@ -451,15 +474,23 @@ impl Store {
             && self
                 .at_limit(&**tx, shop_id, template, attempt.customer_id)
                 .await?;
-        let discount = checkout::evaluate(
+        let discount = match checkout::evaluate(
             &template.terms,
             &coupon.standing(),
             &Attempt {
                 friend_at_limit: at_limit,
                 ..*attempt
             },
-        )
-        .map_err(CouponError::Refused)?;
+        ) {
+            Ok(discount) => discount,
+            Err(refusal) => {
+                // The row read here is committed: it corrects a checkout
+                // cache entry that missed a change made through another
+                // replica, so validation stops offering what was refused.
+                self.remember_coupon(shop_id, &coupon).await;
+                return Err(CouponError::Refused(refusal));
+            }
+        };
         let spec = match claim {
             Claim::Hold(until) => After {
                 state: State::Held,
@@ -482,8 +513,13 @@ impl Store {
         };
         let (sql, values) = claim_update(shop_id, &coupon, &spec);
         if tx.execute(sql, values).await? == 0 {
-            // Another order got there between the read and the update.
-            return Err(CouponError::Refused(Refusal::AlreadyUsed));
+            // The coupon changed between the read and the update (another
+            // order got there, or a release): the write runs again and
+            // decides on what that change left.
+            return Err(huitou_storage::StorageError::Retry(
+                "coupon changed under the claim".into(),
+            )
+            .into());
         }
         if friend
             && matches!(claim, Claim::Redeem(_))
@@ -501,6 +537,7 @@ impl Store {
             return Err(CouponError::Refused(Refusal::LimitReached));
         }
         let after = spec.applied_to(&coupon);
+        self.remember_after_commit(tx, shop_id, &after);
         if let Claim::Redeem(total) = claim {
             outbox::append(
                 tx,
@@ -566,6 +603,7 @@ impl Store {
             return Ok(None);
         }
         self.outbox.notify();
+        self.remember_coupon(shop_id, &row).await;
         huitou_runtime::metrics::record_redemption(discount);
         Ok(Some(Claimed {
             coupon: row,
@@ -602,13 +640,26 @@ impl Store {
         } else {
             State::Expired
         };
-        tx.execute(
-            "UPDATE coupons SET state = $3, order_no = '', hold_until = NULL, discount_fen = 0,
-                 order_total_fen = 0, redeemed_at = NULL, redeemed_by = ''
-             WHERE shop_id = $1 AND code = $2",
-            vec![shop_id.into(), code.into(), back.as_i32().into()],
-        )
-        .await?;
+        if tx
+            .execute(
+                "UPDATE coupons SET state = $3, order_no = '', hold_until = NULL, discount_fen = 0,
+                     order_total_fen = 0, redeemed_at = NULL, redeemed_by = '', version = version + 1
+                 WHERE shop_id = $1 AND code = $2 AND version = $4",
+                vec![
+                    shop_id.into(),
+                    code.into(),
+                    back.as_i32().into(),
+                    coupon.version.into(),
+                ],
+            )
+            .await?
+            == 0
+        {
+            return Err(
+                huitou_storage::StorageError::Retry("coupon changed under the release".into())
+                    .into(),
+            );
+        }
         if state == State::Redeemed {
             if !coupon.redeemed_by.is_empty() {
                 self.uncount_holding(tx, shop_id, &coupon.template_id, &coupon.redeemed_by)
@@ -630,7 +681,7 @@ impl Store {
             )
             .await?;
         }
-        Ok(CouponRow {
+        let back = CouponRow {
             state: back.as_i32(),
             order_no: String::new(),
             hold_until: None,
@@ -638,8 +689,11 @@ impl Store {
             order_total_fen: 0,
             redeemed_at: None,
             redeemed_by: String::new(),
+            version: coupon.version + 1,
             ..coupon
-        })
+        };
+        self.remember_after_commit(tx, shop_id, &back);
+        Ok(back)
     }
 
     /// Gives back every coupon `codes` names that `order_no` holds or
@@ -670,11 +724,11 @@ impl Store {
 }
 
 /// A claim's update: the new state, matching only the coupon as it was
-/// read (state and order), so one of two racing writers wins.
+/// read (its version), so one of two racing writers wins.
 const CLAIM_SQL: &str =
     "UPDATE coupons SET state = $3, order_no = $4, hold_until = $5, discount_fen = $6,
-         order_total_fen = $7, redeemed_at = $8, redeemed_by = $9
-     WHERE shop_id = $1 AND code = $2 AND state = $10 AND order_no = $11";
+         order_total_fen = $7, redeemed_at = $8, redeemed_by = $9, version = version + 1
+     WHERE shop_id = $1 AND code = $2 AND version = $10";
 
 /// What a claim writes.
 struct After<'a> {
@@ -697,6 +751,7 @@ impl After<'_> {
             order_total_fen: self.order_total_fen,
             redeemed_at: self.redeemed_at,
             redeemed_by: self.redeemed_by.to_owned(),
+            version: coupon.version + 1,
             ..coupon.clone()
         }
     }
@@ -719,8 +774,7 @@ fn claim_update(
             after.order_total_fen.into(),
             after.redeemed_at.into(),
             after.redeemed_by.into(),
-            coupon.state.into(),
-            coupon.order_no.clone().into(),
+            coupon.version.into(),
         ],
     )
 }

@@ -2,9 +2,11 @@
 //! connection, for PostgreSQL and SQLite alike. Every limit (stock, per
 //! customer, agent budget, one redemption per coupon) is a conditional
 //! update in the database, so it holds across replicas and with the cache
-//! down; the cache only counts code-guessing misses.
+//! down; the cache counts code-guessing misses and keeps coupons for
+//! checkout reads (`cached`), never deciding a limit.
 
 pub mod buyers;
+pub mod cached;
 pub mod coupons;
 pub mod runs;
 pub mod schema;
@@ -47,7 +49,7 @@ pub struct Store {
     pub db: Database,
     /// Wakes the relay after commits.
     pub outbox: Outbox,
-    /// Counters for the code-guessing limit.
+    /// Counters for the code-guessing limit, and coupons for checkout.
     pub cache: Arc<dyn Cache>,
     templates: Arc<Mutex<HashMap<(String, String), CachedTemplate>>>,
 }

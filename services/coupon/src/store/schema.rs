@@ -124,11 +124,32 @@ const COUPON_TABLES: SqlMigration = SqlMigration {
     ],
 };
 
+const COUPON_VERSIONS_HOT: SqlMigration = SqlMigration {
+    name: "m20261124_000032_coupon_version_hot",
+    statements: &[
+        // Bumped by every change of a coupon row; changes are conditioned on
+        // it and the checkout cache keeps the highest (see store::cached).
+        "ALTER TABLE coupons ADD COLUMN version BIGINT NOT NULL DEFAULT 0",
+        // Redemption as a HOT update (decision 0015): no index may cover a
+        // column it changes, so the expiry sweeper's index is keyed on
+        // `swept` (set once by the sweeper when a coupon's window closes)
+        // instead of `state`, and pages keep room for the new row version.
+        "ALTER TABLE coupons ADD COLUMN swept INTEGER NOT NULL DEFAULT 0",
+        "DROP INDEX coupons_by_open_window",
+        "CREATE INDEX coupons_unswept ON coupons (valid_until) WHERE swept = 0",
+        "{postgres}ALTER TABLE coupons SET (fillfactor = 80)",
+    ],
+};
+
 /// The coupon service's migrations, in order.
 pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(KIT_TABLES), Box::new(COUPON_TABLES)]
+        vec![
+            Box::new(KIT_TABLES),
+            Box::new(COUPON_TABLES),
+            Box::new(COUPON_VERSIONS_HOT),
+        ]
     }
 }

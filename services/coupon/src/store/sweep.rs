@@ -32,6 +32,15 @@ struct Due {
     customer_id: String,
     template_id: String,
     valid_until: i64,
+    state: i32,
+}
+
+/// What one batch did.
+struct Batch {
+    /// Coupons looked at (a full batch means there may be more).
+    seen: usize,
+    /// Coupons expired or reminded.
+    changed: u64,
 }
 
 impl Store {
@@ -40,17 +49,17 @@ impl Store {
     pub async fn sweep(&self, now: i64, remind_days: i32) -> Result<SweepReport, CouponError> {
         let mut report = SweepReport::default();
         loop {
-            let n = self.sweep_batch(now, None).await?;
-            report.expired += n;
-            if n < BATCH as u64 {
+            let b = self.sweep_batch(now, None).await?;
+            report.expired += b.changed;
+            if b.seen < BATCH {
                 break;
             }
         }
         if remind_days > 0 {
             loop {
-                let n = self.sweep_batch(now, Some(remind_days)).await?;
-                report.reminded += n;
-                if n < BATCH as u64 {
+                let b = self.sweep_batch(now, Some(remind_days)).await?;
+                report.reminded += b.changed;
+                if b.seen < BATCH {
                     break;
                 }
             }
@@ -59,21 +68,27 @@ impl Store {
     }
 
     /// One batch: expiries when `remind_days` is `None`, else reminders.
-    async fn sweep_batch(&self, now: i64, remind_days: Option<i32>) -> Result<u64, CouponError> {
+    ///
+    /// Expiry looks at every coupon whose window closed and is not yet
+    /// `swept`: one still open (active or held) expires; one already used
+    /// or expired is only marked swept. The index it walks covers unswept
+    /// coupons alone, and no redemption changes a column it covers, so
+    /// redemptions stay HOT updates (decision 0015).
+    async fn sweep_batch(&self, now: i64, remind_days: Option<i32>) -> Result<Batch, CouponError> {
         let skip_locked = if self.db.is_postgres() {
             " FOR UPDATE SKIP LOCKED"
         } else {
             ""
         };
         let (filter, values): (&str, Vec<sea_orm::Value>) = match remind_days {
-            None => ("state IN (1, 2) AND valid_until <= $1", vec![now.into()]),
+            None => ("swept = 0 AND valid_until <= $1", vec![now.into()]),
             Some(days) => (
-                "state = 1 AND reminded = 0 AND valid_from <= $1 AND valid_until > $1 AND valid_until <= $2",
+                "swept = 0 AND state = 1 AND reminded = 0 AND valid_from <= $1 AND valid_until > $1 AND valid_until <= $2",
                 vec![now.into(), (now + i64::from(days) * DAY_MICROS).into()],
             ),
         };
         let sql = format!(
-            "SELECT shop_id, code, customer_id, template_id, valid_until FROM coupons
+            "SELECT shop_id, code, customer_id, template_id, valid_until, state FROM coupons
              WHERE {filter} LIMIT {BATCH}{skip_locked}"
         );
         self.transaction(move |tx, store| {
@@ -85,11 +100,24 @@ impl Store {
                     .map(|r| Due::from_query_result(r, ""))
                     .collect::<Result<Vec<_>, _>>()?;
                 let mut events = Vec::with_capacity(due.len());
+                let mut expired = Vec::new();
                 for d in &due {
+                    let open =
+                        matches!(State::from_i32(d.state), Some(State::Active | State::Held));
+                    if remind_days.is_none() && !open {
+                        tx.execute(
+                            "UPDATE coupons SET swept = 1 WHERE shop_id = $1 AND code = $2",
+                            vec![d.shop_id.clone().into(), d.code.clone().into()],
+                        )
+                        .await?;
+                        continue;
+                    }
                     let payload = match remind_days {
                         None => {
+                            expired.push((d.shop_id.clone(), d.code.clone()));
                             tx.execute(
-                                "UPDATE coupons SET state = $3, hold_until = NULL, order_no = ''
+                                "UPDATE coupons SET state = $3, hold_until = NULL, order_no = '',
+                                     swept = 1, version = version + 1
                                  WHERE shop_id = $1 AND code = $2",
                                 vec![
                                     d.shop_id.clone().into(),
@@ -125,8 +153,18 @@ impl Store {
                     };
                     events.push(event(&d.shop_id, payload));
                 }
+                let changed = events.len() as u64;
                 outbox::append_many(tx, events).await?;
-                Ok(due.len() as u64)
+                if !expired.is_empty() {
+                    let store = store.clone();
+                    tx.after_commit(Box::pin(async move {
+                        store.forget_coupons(&expired).await;
+                    }));
+                }
+                Ok(Batch {
+                    seen: due.len(),
+                    changed,
+                })
             })
         })
         .await
