@@ -18,14 +18,12 @@ use huitou_testkit::TestDatabase;
 const SHOP: &str = "shop-sweep";
 
 async fn events(store: &Store, event_type: &str) -> i64 {
-    let rows = store
-        .read(
-            "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM outbox_events WHERE event_type = $1",
-            vec![event_type.into()],
-        )
+    huitou_storage::outbox::stored_events(&store.db)
         .await
-        .expect("count");
-    rows[0].try_get("", "n").expect("n")
+        .expect("outbox")
+        .iter()
+        .filter(|e| e.event_type() == event_type)
+        .count() as i64
 }
 
 async fn template(store: &Store, name: &str) -> huitou_coupon::template::Template {

@@ -102,21 +102,9 @@ async fn events_are_delivered_in_order_retried_and_applied_once() {
     assert_eq!(pending, 0);
 
     // Redelivery of the same events applies nothing.
-    let rows = customer_db
-        .conn()
-        .query_all_raw(sea_orm::Statement::from_string(
-            customer_db.backend(),
-            "SELECT payload FROM outbox_events ORDER BY seq",
-        ))
+    let events: Vec<EventEnvelope> = huitou_storage::outbox::stored_events(&customer_db)
         .await
         .expect("outbox");
-    let events: Vec<EventEnvelope> = rows
-        .iter()
-        .map(|r| {
-            let bytes: Vec<u8> = r.try_get("", "payload").expect("payload");
-            prost::Message::decode(bytes.as_slice()).expect("event")
-        })
-        .collect();
     let shop = events[0].shop_id.clone();
     let mut direct = EventConsumerServiceClient::with_interceptor(
         restarted.channel_to(probe.address),
@@ -156,4 +144,135 @@ async fn events_are_delivered_in_order_retried_and_applied_once() {
 
     probe.stop().await;
     restarted.stop().await;
+}
+
+/// The events one transaction writes travel as one outbox row per shop
+/// (decision 0017): the relay unpacks the row, delivers its events in
+/// order in calls of at most `batch_size`, retries the whole row while the
+/// subscriber is down, and marks it dispatched once, when every event in it
+/// was acknowledged.
+#[tokio::test]
+async fn a_transactions_events_travel_as_one_row_and_leave_in_order() {
+    use huitou_proto::events::v1::event_envelope::Payload;
+    use huitou_proto::events::v1::{OrderCreated, OrderSnapshot};
+    use huitou_storage::migrate::{KIT_TABLES, OUTBOX_BATCHES, dialect};
+    use huitou_storage::outbox::{self, Outbox, OutboxConfig, Relay, stored_events};
+
+    let mut probe = Probe::new(INTERNAL_TOKEN).await;
+    let database = TestDatabase::new("outbox-rows").await;
+    let db = Database::connect(&database.config).await.expect("db");
+    for statement in KIT_TABLES
+        .statements
+        .iter()
+        .chain(OUTBOX_BATCHES.statements)
+    {
+        db.conn()
+            .execute_unprepared(&dialect(db.backend(), statement))
+            .await
+            .expect("kit tables");
+    }
+    let order = |shop: &str, n: usize| {
+        outbox::event(
+            "test",
+            shop,
+            Payload::OrderCreated(OrderCreated {
+                order: Some(OrderSnapshot {
+                    order_no: format!("{shop}-{n}"),
+                    ..Default::default()
+                }),
+            }),
+        )
+    };
+    // One transaction: 120 events of one shop with 3 of another among them.
+    let mut written = Vec::new();
+    for n in 0..120 {
+        written.push(order("A", n));
+        if n % 40 == 0 {
+            written.push(order("B", n));
+        }
+    }
+    let tx = db.begin().await.expect("tx");
+    outbox::append_many(&tx, written.clone())
+        .await
+        .expect("append");
+    tx.commit().await.expect("commit");
+    let rows = db
+        .conn()
+        .query_all_raw(sea_orm::Statement::from_string(
+            db.backend(),
+            "SELECT shop_id, event_type, events FROM outbox_events ORDER BY seq",
+        ))
+        .await
+        .expect("rows");
+    let rows: Vec<(String, String, i32)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.try_get("", "shop_id").expect("shop"),
+                r.try_get("", "event_type").expect("type"),
+                r.try_get("", "events").expect("events"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            ("A".to_owned(), outbox::BATCH_ROW.to_owned(), 120),
+            ("B".to_owned(), outbox::BATCH_ROW.to_owned(), 3)
+        ]
+    );
+    let ids = |events: &[EventEnvelope], shop: &str| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| e.shop_id == shop)
+            .map(|e| e.event_id.clone())
+            .collect()
+    };
+    let stored = stored_events(&db).await.expect("stored");
+    assert_eq!(ids(&stored, "A"), ids(&written, "A"));
+    assert_eq!(ids(&stored, "B"), ids(&written, "B"));
+    assert_eq!(backlog(&db).await.expect("backlog").0, 123);
+
+    let relay = Relay::new(
+        "test",
+        db.clone(),
+        &Outbox::new(),
+        OutboxConfig {
+            subscribers: vec![Subscriber {
+                name: "probe".into(),
+                endpoint: probe.endpoint(),
+                event_types: vec![],
+            }],
+            batch_size: 50,
+            retry_base_ms: 1,
+            retry_max_ms: 1,
+            ..OutboxConfig::default()
+        },
+        &SecretString::from(INTERNAL_TOKEN),
+    )
+    .expect("relay");
+    // Subscriber down: the first row (120 events, over the batch size but
+    // taken whole as the first) waits for a retry; nothing is dispatched.
+    let down = relay.pass().await.expect("pass");
+    assert_eq!((down.dispatched, down.retried), (0, 120));
+    assert_eq!(backlog(&db).await.expect("backlog").0, 123);
+
+    probe.start().await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let mut dispatched = 0;
+    for _ in 0..20 {
+        dispatched += relay.pass().await.expect("pass").dispatched;
+        if dispatched == 123 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(dispatched, 123);
+    assert_eq!(backlog(&db).await.expect("backlog").0, 0);
+    let seen: Vec<String> = probe.seen().await.into_iter().map(|s| s.event_id).collect();
+    let mut expected = ids(&written, "A");
+    expected.extend(ids(&written, "B"));
+    assert_eq!(seen, expected, "every event once, each row's in order");
+    probe.stop().await;
+    database.cleanup().await;
 }

@@ -100,3 +100,11 @@ pub const KIT_TABLES: SqlMigration = SqlMigration {
         "CREATE INDEX consumed_events_by_age ON consumed_events (consumed_at)",
     ],
 };
+
+/// Outbox rows that carry a transaction's events together (decision 0017):
+/// how many events each row holds, for the relay's batch sizes and the
+/// backlog metric. Every service lists it after its own tables.
+pub const OUTBOX_BATCHES: SqlMigration = SqlMigration {
+    name: "m20261124_000090_outbox_batches",
+    statements: &["ALTER TABLE outbox_events ADD COLUMN events INTEGER NOT NULL DEFAULT 1"],
+};

@@ -242,31 +242,63 @@ pub async fn change_with_event(
     Ok(true)
 }
 
-/// Stores many events in `tx` in one bulk statement.
+/// The `event_type` of an outbox row that carries several events: all the
+/// events of one shop that one transaction wrote, stored together as a
+/// `DeliverEventsRequest` (decision 0017). The relay unpacks it.
+pub const BATCH_ROW: &str = "batch";
+
+/// Stores many events in `tx`: one outbox row per shop carrying them all,
+/// so a transaction that writes a hundred events writes one row (and the
+/// relay marks one row delivered), not a hundred.
 pub async fn append_many(tx: &WriteTx, events: Vec<EventEnvelope>) -> Result<(), StorageError> {
     use crate::bulk::{self, Col};
-    const COLUMNS: [(&str, Col); 5] = [
+    const COLUMNS: [(&str, Col); 6] = [
         ("event_id", Col::Text),
         ("shop_id", Col::Text),
         ("event_type", Col::Text),
         ("payload", Col::Bytes),
         ("created_at", Col::BigInt),
+        ("events", Col::Int),
     ];
     let (traceparent, tracestate) = telemetry::current_trace_headers();
     let now = now_micros();
-    let rows: Vec<Vec<Value>> = events
+    // Per shop, in the order written: a consumer checks each event's shop
+    // against the call's, so one row never mixes shops.
+    let mut by_shop: Vec<(String, Vec<EventEnvelope>)> = Vec::new();
+    for mut event in events {
+        if event.traceparent.is_empty() {
+            event.traceparent = traceparent.clone();
+            event.tracestate = tracestate.clone();
+        }
+        match by_shop.iter_mut().find(|(shop, _)| *shop == event.shop_id) {
+            Some((_, mine)) => mine.push(event),
+            None => by_shop.push((event.shop_id.clone(), vec![event])),
+        }
+    }
+    let rows: Vec<Vec<Value>> = by_shop
         .into_iter()
-        .map(|mut event| {
-            if event.traceparent.is_empty() {
-                event.traceparent = traceparent.clone();
-                event.tracestate = tracestate.clone();
-            }
+        .map(|(shop, events)| {
+            let first_id = events
+                .first()
+                .map(|e| e.event_id.clone())
+                .unwrap_or_default();
+            let (event_type, payload) = match events.as_slice() {
+                [one] => (one.event_type(), one.encode_to_vec()),
+                _ => (
+                    BATCH_ROW,
+                    DeliverEventsRequest {
+                        events: events.clone(),
+                    }
+                    .encode_to_vec(),
+                ),
+            };
             vec![
-                event.event_id.clone().into(),
-                event.shop_id.clone().into(),
-                event.event_type().into(),
-                Value::Bytes(Some(event.encode_to_vec())),
+                first_id.into(),
+                shop.into(),
+                event_type.into(),
+                Value::Bytes(Some(payload)),
                 now.into(),
+                (events.len() as i32).into(),
             ]
         })
         .collect();
@@ -274,12 +306,58 @@ pub async fn append_many(tx: &WriteTx, events: Vec<EventEnvelope>) -> Result<(),
     Ok(())
 }
 
+/// The events an outbox row carries: one, or a batch row's several.
+pub fn row_events(event_type: &str, payload: &[u8]) -> Result<Vec<EventEnvelope>, String> {
+    if event_type == BATCH_ROW {
+        DeliverEventsRequest::decode(payload)
+            .map(|batch| batch.events)
+            .map_err(|e| format!("bad batch payload: {e}"))
+    } else {
+        EventEnvelope::decode(payload)
+            .map(|event| vec![event])
+            .map_err(|e| format!("bad payload: {e}"))
+    }
+}
+
+/// Every event in `db`'s outbox, in the order written, unpacked from batch
+/// rows: for tests and inspection.
+pub async fn stored_events(db: &Database) -> Result<Vec<EventEnvelope>, StorageError> {
+    let rows = db
+        .conn()
+        .query_all_raw(Statement::from_string(
+            db.backend(),
+            "SELECT event_type, payload FROM outbox_events ORDER BY seq",
+        ))
+        .await?;
+    let mut events = Vec::new();
+    for row in rows {
+        let event_type: String = row.try_get("", "event_type").map_err(StorageError::from)?;
+        let payload: Vec<u8> = row.try_get("", "payload").map_err(StorageError::from)?;
+        events.extend(row_events(&event_type, &payload).map_err(StorageError::Other)?);
+    }
+    Ok(events)
+}
+
 #[derive(Debug, FromQueryResult)]
-struct PendingRow {
+struct DueRow {
+    seq: i64,
+    attempts: i32,
+    events: i32,
+}
+
+#[derive(Debug, FromQueryResult)]
+struct PayloadRow {
     seq: i64,
     event_type: String,
     payload: Vec<u8>,
+}
+
+/// A due outbox row, unpacked.
+struct PendingRow {
+    seq: i64,
     attempts: i32,
+    /// Its events, or why they cannot be read (retried, then parked dead).
+    events: Result<Vec<EventEnvelope>, String>,
 }
 
 type ConsumerClient = EventConsumerServiceClient<InterceptedService<Channel, InternalCredential>>;
@@ -420,45 +498,103 @@ impl Relay {
             ""
         };
         let sql = format!(
-            "SELECT seq, event_type, payload, attempts FROM outbox_events
+            "SELECT seq, attempts, events FROM outbox_events
              WHERE dispatched_at IS NULL AND dead_at IS NULL AND next_attempt_at <= $1 AND seq > $2
              ORDER BY seq LIMIT {}{lock}",
             self.config.batch_size
         );
-        let rows = tx.query_all(&sql, vec![now.into(), from.into()]).await?;
-        let rows: Vec<PendingRow> = rows
+        let due = tx.query_all(&sql, vec![now.into(), from.into()]).await?;
+        let due: Vec<DueRow> = due
             .iter()
-            .map(|r| PendingRow::from_query_result(r, ""))
+            .map(|r| DueRow::from_query_result(r, ""))
             .collect::<Result<_, _>>()
             .map_err(StorageError::from)?;
-        if rows.is_empty() {
+        // Rows up to about `batch_size` events (at least one row, however
+        // many it carries): one pass, one short transaction.
+        let mut taken = 0i64;
+        let due: Vec<DueRow> = due
+            .into_iter()
+            .take_while(|r| {
+                let fits =
+                    taken == 0 || taken + i64::from(r.events) <= i64::from(self.config.batch_size);
+                taken += i64::from(r.events);
+                fits
+            })
+            .collect();
+        if due.is_empty() {
             return Ok(RelayPass::default());
         }
+        let list = due
+            .iter()
+            .map(|r| r.seq.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let payloads = tx
+            .query_all(
+                &format!(
+                    "SELECT seq, event_type, payload FROM outbox_events WHERE seq IN ({list}) ORDER BY seq"
+                ),
+                vec![],
+            )
+            .await?;
+        let mut payloads: std::collections::HashMap<i64, PayloadRow> = payloads
+            .iter()
+            .map(|r| PayloadRow::from_query_result(r, "").map(|p| (p.seq, p)))
+            .collect::<Result<_, _>>()
+            .map_err(StorageError::from)?;
+        let rows: Vec<PendingRow> = due
+            .iter()
+            .map(|d| PendingRow {
+                seq: d.seq,
+                attempts: d.attempts,
+                events: match payloads.remove(&d.seq) {
+                    Some(p) => row_events(&p.event_type, &p.payload),
+                    None => Err("row vanished".into()),
+                },
+            })
+            .collect();
         // Advance past this batch, unless something in it must be retried.
         let batch_max = rows.iter().map(|r| r.seq).max().unwrap_or(from);
         let mut failed: Vec<(i64, String)> = Vec::new();
-        for (subscriber, client) in &self.subscribers {
-            let mine: Vec<&PendingRow> = rows
-                .iter()
-                .filter(|r| subscriber.wants(&r.event_type))
-                .collect();
-            if mine.is_empty() {
-                continue;
+        for row in &rows {
+            if let Err(error) = &row.events {
+                failed.push((row.seq, error.clone()));
             }
-            if let Err(error) = self.deliver(subscriber, client.clone(), &mine).await {
-                tracing::warn!(
-                    subscriber = %subscriber.name,
-                    events = mine.len(),
-                    %error,
-                    "event delivery failed; will retry"
-                );
-                failed.extend(
-                    mine.iter()
-                        .map(|r| (r.seq, format!("{}: {error}", subscriber.name))),
-                );
+        }
+        for (subscriber, client) in &self.subscribers {
+            // (row, event) pairs this subscriber wants, in outbox order.
+            let mine: Vec<(i64, &EventEnvelope)> = rows
+                .iter()
+                .filter_map(|r| r.events.as_ref().ok().map(|e| (r.seq, e)))
+                .flat_map(|(seq, events)| events.iter().map(move |e| (seq, e)))
+                .filter(|(_, e)| subscriber.wants(e.event_type()))
+                .collect();
+            let chunk_size = self.config.batch_size.max(1) as usize;
+            for (i, chunk) in mine.chunks(chunk_size).enumerate() {
+                if let Err(error) = self.deliver(subscriber, client.clone(), chunk).await {
+                    tracing::warn!(
+                        subscriber = %subscriber.name,
+                        events = chunk.len(),
+                        %error,
+                        "event delivery failed; will retry"
+                    );
+                    // This chunk and the rest wait for a retry, so the
+                    // subscriber still sees the rows in order.
+                    failed.extend(
+                        mine[i * chunk_size..]
+                            .iter()
+                            .map(|(seq, _)| (*seq, format!("{}: {error}", subscriber.name))),
+                    );
+                    break;
+                }
             }
         }
         let mut pass = RelayPass::default();
+        let carried = |seq: i64| {
+            due.iter()
+                .find(|d| d.seq == seq)
+                .map_or(1, |d| d.events.max(1) as usize)
+        };
         let failed_seqs: std::collections::HashSet<i64> = failed.iter().map(|(s, _)| *s).collect();
         let delivered: Vec<i64> = rows
             .iter()
@@ -476,7 +612,7 @@ impl Relay {
                 vec![now.into()],
             )
             .await?;
-            pass.dispatched = delivered.len();
+            pass.dispatched = delivered.iter().map(|s| carried(*s)).sum();
         }
         let mut seen = std::collections::HashSet::new();
         for (seq, error) in failed {
@@ -496,7 +632,7 @@ impl Relay {
                     vec![attempts.into(), error.into(), now.into(), seq.into()],
                 )
                 .await?;
-                pass.dead += 1;
+                pass.dead += carried(seq);
             } else {
                 let delay = self.backoff(attempts as u32);
                 tx.execute(
@@ -504,7 +640,7 @@ impl Relay {
                     vec![attempts.into(), error.into(), (now + delay.as_micros() as i64).into(), seq.into()],
                 )
                 .await?;
-                pass.retried += 1;
+                pass.retried += carried(seq);
             }
         }
         tx.commit().await?;
@@ -522,15 +658,9 @@ impl Relay {
         &self,
         subscriber: &Subscriber,
         mut client: ConsumerClient,
-        rows: &[&PendingRow],
+        chunk: &[(i64, &EventEnvelope)],
     ) -> Result<(), String> {
-        let mut events = Vec::with_capacity(rows.len());
-        for row in rows {
-            events.push(
-                EventEnvelope::decode(row.payload.as_slice())
-                    .map_err(|e| format!("bad payload: {e}"))?,
-            );
-        }
+        let events: Vec<EventEnvelope> = chunk.iter().map(|(_, e)| (*e).clone()).collect();
         // The call must name a shop for the internal credential; batches may
         // span shops, and the consumer checks each event's own shop.
         let shop = events
@@ -603,7 +733,7 @@ async fn futures_ready(
 pub async fn backlog(db: &Database) -> Result<(i64, f64), StorageError> {
     let stmt = Statement::from_string(
         db.backend(),
-        "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM outbox_events WHERE dispatched_at IS NULL AND dead_at IS NULL",
+        "SELECT CAST(COALESCE(SUM(events), 0) AS BIGINT) AS n, MIN(created_at) AS oldest FROM outbox_events WHERE dispatched_at IS NULL AND dead_at IS NULL",
     );
     let row = db.conn().query_one_raw(stmt).await?;
     let (n, oldest): (i64, Option<i64>) = match row {

@@ -14,7 +14,7 @@ use huitou_runtime::config::ServerConfig;
 use huitou_runtime::server::GrpcServer;
 use huitou_runtime::{Caller, Failure};
 use huitou_storage::inbox::{EventHandler, EventInbox, Inboxes};
-use huitou_storage::migrate::{KIT_TABLES, dialect};
+use huitou_storage::migrate::{KIT_TABLES, OUTBOX_BATCHES, dialect};
 use huitou_storage::{Database, DatabaseConfig, WriteTx};
 use sea_orm::ConnectionTrait;
 use secrecy::SecretString;
@@ -98,7 +98,11 @@ impl Probe {
         let db = Database::connect(&DatabaseConfig::sqlite_file(&dir.join("probe.db")))
             .await
             .expect("probe db");
-        for statement in KIT_TABLES.statements {
+        for statement in KIT_TABLES
+            .statements
+            .iter()
+            .chain(OUTBOX_BATCHES.statements)
+        {
             db.conn()
                 .execute_unprepared(&dialect(db.backend(), statement))
                 .await

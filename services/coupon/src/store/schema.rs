@@ -1,6 +1,6 @@
 //! The coupon service's schema. Every table is keyed by `shop_id` first.
 
-use huitou_storage::migrate::{KIT_TABLES, SqlMigration};
+use huitou_storage::migrate::{KIT_TABLES, OUTBOX_BATCHES, SqlMigration};
 use sea_orm_migration::prelude::*;
 
 const COUPON_TABLES: SqlMigration = SqlMigration {
@@ -150,6 +150,7 @@ impl MigratorTrait for Migrator {
             Box::new(KIT_TABLES),
             Box::new(COUPON_TABLES),
             Box::new(COUPON_VERSIONS_HOT),
+            Box::new(OUTBOX_BATCHES),
         ]
     }
 }

@@ -1,6 +1,6 @@
 //! The customer service's schema. Every table is keyed by `shop_id` first.
 
-use huitou_storage::migrate::{KIT_TABLES, SqlMigration};
+use huitou_storage::migrate::{KIT_TABLES, OUTBOX_BATCHES, SqlMigration};
 use sea_orm_migration::prelude::*;
 
 const CUSTOMER_TABLES: SqlMigration = SqlMigration {
@@ -154,6 +154,10 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(KIT_TABLES), Box::new(CUSTOMER_TABLES)]
+        vec![
+            Box::new(KIT_TABLES),
+            Box::new(CUSTOMER_TABLES),
+            Box::new(OUTBOX_BATCHES),
+        ]
     }
 }

@@ -1,6 +1,6 @@
 //! The loyalty service's schema. Every table is keyed by `shop_id` first.
 
-use huitou_storage::migrate::{KIT_TABLES, SqlMigration};
+use huitou_storage::migrate::{KIT_TABLES, OUTBOX_BATCHES, SqlMigration};
 use sea_orm_migration::prelude::*;
 
 const LOYALTY_TABLES: SqlMigration = SqlMigration {
@@ -186,6 +186,7 @@ impl MigratorTrait for Migrator {
             Box::new(KIT_TABLES),
             Box::new(LOYALTY_TABLES),
             Box::new(LOYALTY_REVIEW_BY_KEY),
+            Box::new(OUTBOX_BATCHES),
         ]
     }
 }

@@ -2,7 +2,7 @@
 //! first. No phone number, address or email is stored here: addresses are
 //! asked of the customer service at the moment of sending (decision 0016).
 
-use huitou_storage::migrate::{KIT_TABLES, SqlMigration};
+use huitou_storage::migrate::{KIT_TABLES, OUTBOX_BATCHES, SqlMigration};
 use sea_orm_migration::prelude::*;
 
 const NOTIFICATION_TABLES: SqlMigration = SqlMigration {
@@ -152,6 +152,7 @@ impl MigratorTrait for Migrator {
             Box::new(KIT_TABLES),
             Box::new(NOTIFICATION_TABLES),
             Box::new(OPT_OUT_SYNC),
+            Box::new(OUTBOX_BATCHES),
         ]
     }
 }
