@@ -1,7 +1,9 @@
 //! One trace across services: a storefront's RecordOrder in the customer
-//! service and the loyalty work its events cause, through the outbox,
-//! arrive at an OTLP receiver under the same trace id, with RPC spans named
-//! and attributed after the OpenTelemetry RPC conventions; RPC duration and
+//! service and the work its events cause in loyalty, coupon and
+//! notification — and, one outbox hop further, the tier-upgrade coupon
+//! loyalty's tier change makes the coupon service issue — arrive at an
+//! OTLP receiver under the same trace id, with RPC spans named and
+//! attributed after the OpenTelemetry RPC conventions; RPC duration and
 //! outbox backlog metrics arrive at the same receiver.
 //!
 //! Its own test binary: telemetry is process-global.
@@ -11,10 +13,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use huitou_proto::coupon::v1 as kpb;
 use huitou_proto::customer::v1 as cpb;
 use huitou_proto::loyalty::v1 as pb;
 use huitou_testkit::TestDatabase;
-use huitou_tests::{TestSuite, ago, test_settings, with_loyalty};
+use huitou_tests::{TestSuite, ago, test_settings, with_coupon, with_loyalty, with_notification};
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
 };
@@ -96,7 +99,7 @@ fn attribute(span: &Span, key: &str) -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_order_and_the_loyalty_work_it_causes_are_one_trace() {
+async fn an_order_and_the_work_it_causes_in_every_service_are_one_trace() {
     let receiver = Receiver::default();
     let metrics = MetricsReceiver::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -115,8 +118,13 @@ async fn an_order_and_the_loyalty_work_it_causes_are_one_trace() {
 
     let database = TestDatabase::new("trace").await;
     let loyalty_db = TestDatabase::new("trace-loyalty").await;
+    let coupon_db = TestDatabase::new("trace-coupon").await;
+    let notification_db = TestDatabase::new("trace-notification").await;
+    let sink = huitou_testkit::temp_dir("trace-sink").join("sent.jsonl");
     let mut settings = test_settings(&database);
     with_loyalty(&mut settings, &loyalty_db);
+    with_coupon(&mut settings, &coupon_db, None);
+    with_notification(&mut settings, &notification_db, &sink, 1);
     settings.telemetry.otlp_endpoint = format!("http://{collector}");
     settings.telemetry.log_filter = "info".into();
     settings.telemetry.metrics_interval_ms = 200;
@@ -124,10 +132,45 @@ async fn an_order_and_the_loyalty_work_it_causes_are_one_trace() {
         huitou_runtime::telemetry::init("huitou", &settings.telemetry).expect("telemetry");
     let mut suite = TestSuite::start_with(database, settings).await;
     suite.loyalty_database = Some(loyalty_db);
+    suite.coupon_database = Some(coupon_db);
+    suite.notification_database = Some(notification_db);
+
+    // A tier upgrade earns a coupon: loyalty's tier change, itself caused
+    // by the order's event, makes the coupon service issue it.
+    let mut ops = suite.coupons(&suite.shop.operator);
+    let template = ops
+        .create_template(kpb::CreateTemplateRequest {
+            template: Some(kpb::CouponTemplate {
+                name: "升级礼券".into(),
+                benefit: Some(kpb::coupon_template::Benefit::AmountOff(kpb::AmountOff {
+                    amount_fen: 1_000,
+                })),
+                validity: Some(kpb::coupon_template::Validity::ValidDaysAfterIssue(30)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("template")
+        .into_inner()
+        .template
+        .expect("template");
+    ops.set_issue_rule(kpb::SetIssueRuleRequest {
+        rule: Some(kpb::IssueRule {
+            trigger: kpb::IssueTrigger::TierUpgrade as i32,
+            template_id: template.template_id,
+            active: true,
+            positive_reviews_only: false,
+        }),
+    })
+    .await
+    .expect("rule");
 
     let mut orders = suite.customers(&suite.shop.storefront);
     let mut members = suite.loyalty(&suite.shop.storefront);
-    orders
+    let mut coupons = suite.coupons(&suite.shop.storefront);
+    // 600 yuan paid lifts a new member past the default program's SENIOR tier.
+    let customer_id = orders
         .record_order(cpb::RecordOrderRequest {
             order_no: "TR-1".into(),
             buyer_nick: "tb_traced".into(),
@@ -135,17 +178,21 @@ async fn an_order_and_the_loyalty_work_it_causes_are_one_trace() {
             items: vec![cpb::OrderItem {
                 sku: "SKU-1".into(),
                 category: "童装".into(),
-                quantity: 1,
-                unit_price_fen: 10_000,
+                quantity: 2,
+                unit_price_fen: 30_000,
                 title: String::new(),
             }],
-            payable_fen: 10_000,
+            payable_fen: 60_000,
             create_time: Some(ago(60)),
             pay_time: Some(ago(50)),
             ..Default::default()
         })
         .await
-        .expect("order");
+        .expect("order")
+        .into_inner()
+        .order
+        .expect("order")
+        .customer_id;
     let mut applied = false;
     for _ in 0..400 {
         if let Ok(r) = members
@@ -162,6 +209,24 @@ async fn an_order_and_the_loyalty_work_it_causes_are_one_trace() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert!(applied, "loyalty applied the order");
+    let mut issued = false;
+    for _ in 0..400 {
+        let listed = coupons
+            .list_coupons(kpb::ListCouponsRequest {
+                customer_id: customer_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("coupons")
+            .into_inner()
+            .coupons;
+        if listed.iter().any(|c| c.issue_reason == "tier upgrade") {
+            issued = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(issued, "the tier upgrade earned its coupon");
     suite.stop().await;
     // Let the relays measure their backlog once more, then flush every
     // span and metric still batched.
@@ -196,11 +261,34 @@ async fn an_order_and_the_loyalty_work_it_causes_are_one_trace() {
         .filter(|s| s.trace_id == record.trace_id)
         .collect();
     let names: Vec<&str> = same_trace.iter().map(|s| s.name.as_str()).collect();
-    assert!(
-        names
+    // Each consumer's application of events it was delivered, by consumer.
+    let applied_by = |consumer: &str| {
+        same_trace
             .iter()
-            .any(|n| *n == "events.apply" || *n == "event.apply"),
-        "loyalty's application of the order's events joins the order's trace: {names:?}"
+            .filter(|s| s.name == "events.apply" || s.name == "event.apply")
+            .filter(|s| attribute(s, "consumer").as_deref() == Some(consumer))
+            .count()
+    };
+    for consumer in ["loyalty", "coupon", "notification"] {
+        assert!(
+            applied_by(consumer) > 0,
+            "{consumer}'s application of the order's events joins the order's trace: {names:?}"
+        );
+    }
+    // The coupon service applies twice in this trace: the order's events
+    // from the customer service, then loyalty's tier change, which loyalty
+    // wrote while applying the order and its relay delivered.
+    assert!(
+        applied_by("coupon") >= 2,
+        "the second outbox hop (loyalty to coupon) joins the trace too: {names:?}"
+    );
+    let deliveries = same_trace
+        .iter()
+        .filter(|s| s.name == "outbox.deliver")
+        .count();
+    assert!(
+        deliveries >= 4,
+        "outbox deliveries to loyalty, coupon, notification, then loyalty's to coupon: {names:?}"
     );
 
     // Metrics: RPC durations after the RPC conventions, and the outbox backlog.
