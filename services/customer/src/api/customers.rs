@@ -24,6 +24,9 @@ use crate::store::Store;
 use crate::store::audit::AuditAction;
 use crate::store::customers::CustomerFilter;
 
+/// An import batch being written in its own task.
+type Committing = tokio::task::JoinHandle<Result<pb::ImportOrdersResponse, CustomerError>>;
+
 /// Limits on lookups of personal data, per API key.
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -955,6 +958,20 @@ impl CustomerService for CustomerApi {
         let mut stream = request.into_inner();
         let mut response = pb::ImportOrdersResponse::default();
         let mut last_row = 0i64;
+        // The batch being written while the next message is read.
+        let mut committing: Option<Committing> = None;
+        /// Adds a written batch's counts to the answer.
+        async fn add(
+            response: &mut pb::ImportOrdersResponse,
+            batch: Committing,
+        ) -> Result<(), Status> {
+            let outcome = batch
+                .await
+                .map_err(|e| Failure::internal(format!("import batch task: {e}")))??;
+            response.rows_imported += outcome.rows_imported;
+            response.rows_skipped += outcome.rows_skipped;
+            Ok(())
+        }
         while let Some(message) = stream.next().await {
             let message = message?;
             let mut v = FieldViolations::new();
@@ -995,27 +1012,40 @@ impl CustomerService for CustomerApi {
                     }
                 }
             }
-            let (shop, import_id) = (caller.shop_id.clone(), message.import_id.clone());
+            response.rows_rejected += rejected;
+            // Batches commit one after another (they share buyers), but the
+            // next message is read and checked while this one is written,
+            // so the service and the database work at the same time.
+            if let Some(previous) = committing.take() {
+                add(&mut response, previous).await?;
+            }
+            let (store, shop, import_id) = (
+                self.store.clone(),
+                caller.shop_id.clone(),
+                message.import_id.clone(),
+            );
             let batch_last = last_row;
-            let outcome = self
-                .store
-                .write(None, move |tx, store| {
-                    let (shop, import_id, rows) = (shop.clone(), import_id.clone(), valid.clone());
-                    Box::pin(async move {
-                        let o = store
-                            .import_batch(tx, &shop, &import_id, rows, rejected, batch_last)
-                            .await?;
-                        Ok(pb::ImportOrdersResponse {
-                            rows_imported: o.imported,
-                            rows_skipped: o.skipped,
-                            ..Default::default()
+            committing = Some(tokio::spawn(async move {
+                store
+                    .write(None, move |tx, store| {
+                        let (shop, import_id, rows) =
+                            (shop.clone(), import_id.clone(), valid.clone());
+                        Box::pin(async move {
+                            let o = store
+                                .import_batch(tx, &shop, &import_id, rows, rejected, batch_last)
+                                .await?;
+                            Ok(pb::ImportOrdersResponse {
+                                rows_imported: o.imported,
+                                rows_skipped: o.skipped,
+                                ..Default::default()
+                            })
                         })
                     })
-                })
-                .await?;
-            response.rows_imported += outcome.rows_imported;
-            response.rows_skipped += outcome.rows_skipped;
-            response.rows_rejected += rejected;
+                    .await
+            }));
+        }
+        if let Some(last) = committing.take() {
+            add(&mut response, last).await?;
         }
         if response.import_id.is_empty() {
             return Err(Failure::invalid_field("import_id", "the stream carried no rows").into());
