@@ -262,8 +262,8 @@ pub async fn append_many(tx: &WriteTx, events: Vec<EventEnvelope>) -> Result<(),
     ];
     let (traceparent, tracestate) = telemetry::current_trace_headers();
     let now = now_micros();
-    // Per shop, in the order written: a consumer checks each event's shop
-    // against the call's, so one row never mixes shops.
+    // One row per shop, events in the order written, so the row's shop
+    // column stays true for inspection and per-shop queries.
     let mut by_shop: Vec<(String, Vec<EventEnvelope>)> = Vec::new();
     for mut event in events {
         if event.traceparent.is_empty() {
