@@ -1,10 +1,12 @@
-# One image for every Huitou service: `huitou serve customer|loyalty`,
+# One image for every Huitou service: `huitou serve customer|loyalty|coupon|notification`,
 # `huitou migrate <service>`. Build: docker build -t huitou:TAG .
 #
 # Stage 1 compiles the dependencies alone (a layer reused until a manifest or
 # Cargo.lock changes), stage 2 the workspace, stage 3 is the runtime: a slim
 # Debian with CA certificates and an unprivileged user, nothing else.
-# Not built in CI here (no Docker engine on this machine); see docs/deploy.md.
+# Not built in CI here (no Docker engine on this machine): CI checks that the
+# dependency stage names every workspace member (scripts/check-dockerfile.sh);
+# see docs/deploy.md.
 FROM rust:1.95-bookworm AS deps
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
@@ -16,13 +18,16 @@ COPY libs/privacy/Cargo.toml libs/privacy/
 COPY libs/testkit/Cargo.toml libs/testkit/
 COPY services/customer/Cargo.toml services/customer/
 COPY services/loyalty/Cargo.toml services/loyalty/
+COPY services/coupon/Cargo.toml services/coupon/
+COPY services/notification/Cargo.toml services/notification/
 COPY services/huitou/Cargo.toml services/huitou/
 COPY tests/Cargo.toml tests/
 COPY benches/Cargo.toml benches/
 # Empty crate roots: this layer compiles only the dependencies, and is
 # reused until a manifest or the lock file changes.
 RUN for d in libs/proto libs/runtime libs/storage libs/privacy libs/testkit \
-        services/customer services/loyalty services/huitou tests; do \
+        services/customer services/loyalty services/coupon services/notification \
+        services/huitou tests; do \
       mkdir -p $d/src && touch $d/src/lib.rs; done \
  && echo "fn main() {}" > services/huitou/src/main.rs \
  && mkdir -p benches/src && echo "fn main() {}" > benches/src/main.rs \
