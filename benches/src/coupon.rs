@@ -236,10 +236,21 @@ pub async fn redeem(
             order_no: String::new(),
         };
         async move {
-            c.validate_coupon(request)
-                .await
-                .inspect_err(|e| eprintln!("validate before redeeming: {e}"))
-                .is_ok()
+            // A checkout retries UNAVAILABLE (the pool wait right after
+            // seeding can pass its limit); anything else is a failure.
+            for tries in 1.. {
+                match c.validate_coupon(request.clone()).await {
+                    Err(e) if e.code() == tonic::Code::Unavailable && tries < 5 => {
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    }
+                    Err(e) => {
+                        eprintln!("validate before redeeming: {e}");
+                        return false;
+                    }
+                    Ok(_) => return true,
+                }
+            }
+            false
         }
     })
     .await;
@@ -295,7 +306,7 @@ pub async fn redeem(
         );
     }
     report.row(
-        "RedeemCoupon of a validated coupon (conditional update with its outbox event, one statement)",
+        "RedeemCoupon of a validated coupon (conditional update and event, written together with concurrent redemptions)",
         &validated,
         raw.as_ref(),
     );

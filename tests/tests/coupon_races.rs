@@ -316,3 +316,110 @@ async fn a_stale_replica_cache_never_uses_a_coupon_twice() {
     );
     suite.stop().await;
 }
+
+/// Redemptions arriving together are written together (one transaction,
+/// one update, one outbox row): every coupon of a burst is redeemed exactly
+/// once however its two orders race, each redemption has its one event,
+/// and the coupon reads back as used by the order that won.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_redemptions_uses_each_coupon_once_with_one_event() {
+    const COUPONS: usize = 60;
+    let suite = suite("coupon-burst", huitou_testkit::redis_url()).await;
+    let mut ops = suite.coupons(&suite.shop.operator);
+    let mut front = suite.coupons(&suite.shop.storefront);
+    let template_id = template(&mut ops, 1_000).await;
+    let mut codes = Vec::new();
+    for n in 0..COUPONS {
+        let customer = format!("burst-{n}");
+        let coupon = front
+            .issue_coupon(pb::IssueCouponRequest {
+                request_id: format!("burst-{n}"),
+                template_id: template_id.clone(),
+                customer_id: customer.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("issue")
+            .into_inner()
+            .coupon
+            .expect("coupon");
+        codes.push((coupon.code, customer));
+    }
+    // Two orders per coupon, all at once.
+    let calls = codes.iter().flat_map(|(code, customer)| {
+        ["A", "B"].map(|order| {
+            let mut client = front.clone();
+            let request = pb::RedeemCouponRequest {
+                code: code.clone(),
+                customer_id: customer.clone(),
+                order_no: format!("{code}-{order}"),
+                cart: Some(cart()),
+                ..Default::default()
+            };
+            async move {
+                let mut tries = 0;
+                loop {
+                    tries += 1;
+                    match client.redeem_coupon(request.clone()).await {
+                        Err(e) if again(&e, tries).await => {}
+                        other => break (request.order_no.clone(), other),
+                    }
+                }
+            }
+        })
+    });
+    let answers = futures_join_all(calls).await;
+    let mut winners = HashMap::new();
+    for (order, answer) in answers {
+        match answer {
+            Ok(r) => {
+                let coupon = r.into_inner().coupon.expect("coupon");
+                assert_eq!(coupon.state, pb::CouponState::Redeemed as i32);
+                assert_eq!(coupon.order_no, order);
+                assert!(
+                    winners.insert(coupon.code, order).is_none(),
+                    "a coupon redeemed twice"
+                );
+            }
+            Err(e) => assert_eq!(reason(&e), "COUPON_ALREADY_USED", "{e:?}"),
+        }
+    }
+    assert_eq!(winners.len(), COUPONS, "every coupon used once");
+    // Read back through the checkout path: used, by the winning order.
+    for (code, customer) in &codes {
+        let refused = front
+            .redeem_coupon(pb::RedeemCouponRequest {
+                code: code.clone(),
+                customer_id: customer.clone(),
+                order_no: format!("{code}-C"),
+                cart: Some(cart()),
+                ..Default::default()
+            })
+            .await
+            .expect_err("used");
+        assert_eq!(reason(&refused), "COUPON_ALREADY_USED");
+    }
+    let db = huitou_storage::Database::connect(&suite.coupon_database.as_ref().unwrap().config)
+        .await
+        .expect("coupon db");
+    let redeemed: Vec<String> = huitou_storage::outbox::stored_events(&db)
+        .await
+        .expect("outbox")
+        .into_iter()
+        .filter_map(|e| match e.payload {
+            Some(huitou_proto::events::v1::event_envelope::Payload::CouponRedeemed(r)) => {
+                Some(r.order_no)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(redeemed.len(), COUPONS, "one event per redemption");
+    for order in winners.values() {
+        assert!(
+            redeemed.contains(order),
+            "the event names the winning order"
+        );
+    }
+    db.close().await;
+    suite.stop().await;
+}

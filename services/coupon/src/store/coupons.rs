@@ -589,9 +589,8 @@ impl Store {
             redeemed_at: Some(attempt.now),
             redeemed_by: "",
         };
-        let (sql, values) = claim_update(shop_id, coupon, &after);
         let row = after.applied_to(coupon);
-        let event = redeemed_event(
+        let mut event = redeemed_event(
             shop_id,
             template,
             &row,
@@ -599,7 +598,20 @@ impl Store {
             discount,
             total,
         );
-        if !outbox::change_with_event(&self.db, sql, values, event).await? {
+        // The intake's writer runs in its own task: the event carries the
+        // caller's trace from here.
+        (event.traceparent, event.tracestate) = huitou_runtime::telemetry::current_trace_headers();
+        let redemption = super::redemptions::Redemption {
+            shop_id: shop_id.to_owned(),
+            code: coupon.code.clone(),
+            version: coupon.version,
+            order_no: attempt.order_no.to_owned(),
+            discount_fen: discount,
+            order_total_fen: total,
+            redeemed_at: attempt.now,
+            event,
+        };
+        if !self.redemptions().redeem(redemption).await? {
             return Ok(None);
         }
         self.outbox.notify();

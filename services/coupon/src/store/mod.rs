@@ -8,6 +8,7 @@
 pub mod buyers;
 pub mod cached;
 pub mod coupons;
+pub mod redemptions;
 pub mod runs;
 pub mod schema;
 pub mod sweep;
@@ -52,6 +53,8 @@ pub struct Store {
     /// Counters for the code-guessing limit, and coupons for checkout.
     pub cache: Arc<dyn Cache>,
     templates: Arc<Mutex<HashMap<(String, String), CachedTemplate>>>,
+    /// Checkout redemptions written together; started on first use.
+    redemptions: Arc<std::sync::OnceLock<redemptions::RedemptionIntake>>,
 }
 
 impl Store {
@@ -62,7 +65,15 @@ impl Store {
             outbox,
             cache,
             templates: Arc::default(),
+            redemptions: Arc::default(),
         }
+    }
+
+    /// The redemption intake (its writer starts with the first redemption,
+    /// on the caller's runtime).
+    pub fn redemptions(&self) -> &redemptions::RedemptionIntake {
+        self.redemptions
+            .get_or_init(|| redemptions::RedemptionIntake::start(self.db.clone()))
     }
 
     /// Runs `work` in a write transaction once per request id, retrying
