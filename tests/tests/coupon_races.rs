@@ -87,7 +87,7 @@ async fn race(label: &str, redis: Option<String>) {
         let template_id = template(&mut ops, LAST_UNITS).await;
         // 64 requests from 32 customers, each asking twice at once.
         let grabs = clients.iter().enumerate().map(|(i, client)| {
-            let mut client = client.clone();
+            let client = client.clone();
             let template_id = template_id.clone();
             // As a real client: a request id, and UNAVAILABLE retried.
             let request = pb::IssueCouponRequest {
@@ -96,16 +96,10 @@ async fn race(label: &str, redis: Option<String>) {
                 customer_id: format!("r{round}-c{}", i / 2),
                 ..Default::default()
             };
-            async move {
-                let mut tries = 0;
-                loop {
-                    tries += 1;
-                    match client.issue_coupon(request.clone()).await {
-                        Err(e) if again(&e, tries).await => {}
-                        other => break other,
-                    }
-                }
-            }
+            patiently(move || {
+                let (mut client, request) = (client.clone(), request.clone());
+                async move { client.issue_coupon(request).await }
+            })
         });
         let answers = futures_join_all(grabs).await;
         let mut per_customer: HashMap<String, usize> = HashMap::new();
@@ -141,7 +135,7 @@ async fn race(label: &str, redis: Option<String>) {
         let code = won[0].code.clone();
         let customer = won[0].customer_id.clone();
         let redeem = |order: &str| {
-            let mut client = clients[0].clone();
+            let client = clients[0].clone();
             let request = pb::RedeemCouponRequest {
                 code: code.clone(),
                 customer_id: customer.clone(),
@@ -149,16 +143,10 @@ async fn race(label: &str, redis: Option<String>) {
                 cart: Some(cart()),
                 ..Default::default()
             };
-            async move {
-                let mut tries = 0;
-                loop {
-                    tries += 1;
-                    match client.redeem_coupon(request.clone()).await {
-                        Err(e) if again(&e, tries).await => {}
-                        other => break other,
-                    }
-                }
-            }
+            patiently(move || {
+                let (mut client, request) = (client.clone(), request.clone());
+                async move { client.redeem_coupon(request).await }
+            })
         };
         let (a, b) = tokio::join!(redeem("A"), redeem("B"));
         let successes = [&a, &b].iter().filter(|r| r.is_ok()).count();
@@ -177,18 +165,27 @@ async fn race(label: &str, redis: Option<String>) {
     suite.stop().await;
 }
 
-/// Whether to try a call again after `e`, as a checkout client with a
-/// generous deadline does: UNAVAILABLE (the database pool not answering in
-/// time, as when the disk stalls on a loaded CI machine) changes nothing,
-/// so it is retried after the wait the server asks for, for up to a minute
-/// in all. Anything else is an answer.
-async fn again(e: &tonic::Status, tries: u64) -> bool {
+/// Makes `call` as a checkout client with a generous deadline does:
+/// UNAVAILABLE (the database pool not answering in time, as when the disk
+/// stalls on a loaded CI machine) changes nothing, so it is tried again
+/// after a growing wait, up to 60 times (about a minute in all). Any other
+/// answer is the answer.
+async fn patiently<T, F, Fut>(mut call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
     const PATIENCE_TRIES: u64 = 60;
-    if e.code() != tonic::Code::Unavailable || tries >= PATIENCE_TRIES {
-        return false;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match call().await {
+            Err(e) if e.code() == tonic::Code::Unavailable && tries < PATIENCE_TRIES => {
+                tokio::time::sleep(std::time::Duration::from_millis((50 * tries).min(1_000))).await;
+            }
+            other => return other,
+        }
     }
-    tokio::time::sleep(std::time::Duration::from_millis((50 * tries).min(1_000))).await;
-    true
 }
 
 /// Runs the futures concurrently and collects their outputs in order.
@@ -348,7 +345,7 @@ async fn a_burst_of_redemptions_uses_each_coupon_once_with_one_event() {
     // Two orders per coupon, all at once.
     let calls = codes.iter().flat_map(|(code, customer)| {
         ["A", "B"].map(|order| {
-            let mut client = front.clone();
+            let client = front.clone();
             let request = pb::RedeemCouponRequest {
                 code: code.clone(),
                 customer_id: customer.clone(),
@@ -356,16 +353,12 @@ async fn a_burst_of_redemptions_uses_each_coupon_once_with_one_event() {
                 cart: Some(cart()),
                 ..Default::default()
             };
-            async move {
-                let mut tries = 0;
-                loop {
-                    tries += 1;
-                    match client.redeem_coupon(request.clone()).await {
-                        Err(e) if again(&e, tries).await => {}
-                        other => break (request.order_no.clone(), other),
-                    }
-                }
-            }
+            let order = request.order_no.clone();
+            let answer = patiently(move || {
+                let (mut client, request) = (client.clone(), request.clone());
+                async move { client.redeem_coupon(request).await }
+            });
+            async move { (order, answer.await) }
         })
     });
     let answers = futures_join_all(calls).await;

@@ -155,22 +155,12 @@ async fn events_are_delivered_in_order_retried_and_applied_once() {
 async fn a_transactions_events_travel_as_one_row_and_leave_in_order() {
     use huitou_proto::events::v1::event_envelope::Payload;
     use huitou_proto::events::v1::{OrderCreated, OrderSnapshot};
-    use huitou_storage::migrate::{KIT_TABLES, OUTBOX_BATCHES, dialect};
     use huitou_storage::outbox::{self, Outbox, OutboxConfig, Relay, stored_events};
 
     let mut probe = Probe::new(INTERNAL_TOKEN).await;
     let database = TestDatabase::new("outbox-rows").await;
     let db = Database::connect(&database.config).await.expect("db");
-    for statement in KIT_TABLES
-        .statements
-        .iter()
-        .chain(OUTBOX_BATCHES.statements)
-    {
-        db.conn()
-            .execute_unprepared(&dialect(db.backend(), statement))
-            .await
-            .expect("kit tables");
-    }
+    huitou_testkit::probe::kit_tables(&db).await;
     let order = |shop: &str, n: usize| {
         outbox::event(
             "test",

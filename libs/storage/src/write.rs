@@ -109,3 +109,22 @@ where
     })
     .await
 }
+
+/// The next batch for an intake's writer: waits for one job, then takes
+/// whatever else is already queued, up to `max`. Nobody waits for a timer:
+/// under light load a batch is one job; under heavy load it grows by itself
+/// while the previous batch is written. `None` once every sender is gone.
+pub async fn next_batch<T>(
+    jobs: &mut tokio::sync::mpsc::Receiver<T>,
+    max: usize,
+) -> Option<Vec<T>> {
+    let first = jobs.recv().await?;
+    let mut batch = vec![first];
+    while batch.len() < max {
+        match jobs.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}

@@ -80,6 +80,21 @@ pub struct Seen {
     pub order_no: String,
 }
 
+/// Creates the kit's own tables (idempotency keys, outbox, inbox) in `db`,
+/// as every service's migrations do, for tests of the kit alone.
+pub async fn kit_tables(db: &Database) {
+    for statement in KIT_TABLES
+        .statements
+        .iter()
+        .chain(OUTBOX_BATCHES.statements)
+    {
+        db.conn()
+            .execute_unprepared(&dialect(db.backend(), statement))
+            .await
+            .expect("kit tables");
+    }
+}
+
 /// A recording subscriber.
 pub struct Probe {
     /// Its storage.
@@ -98,16 +113,7 @@ impl Probe {
         let db = Database::connect(&DatabaseConfig::sqlite_file(&dir.join("probe.db")))
             .await
             .expect("probe db");
-        for statement in KIT_TABLES
-            .statements
-            .iter()
-            .chain(OUTBOX_BATCHES.statements)
-        {
-            db.conn()
-                .execute_unprepared(&dialect(db.backend(), statement))
-                .await
-                .expect("kit tables");
-        }
+        kit_tables(&db).await;
         db.conn()
             .execute_unprepared(
                 "CREATE TABLE seen (n INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT, event_type TEXT, shop_id TEXT, order_no TEXT)",

@@ -86,14 +86,7 @@ impl OrderIntake {
 }
 
 async fn writer(store: Store, mut jobs: mpsc::Receiver<Job>) {
-    while let Some(first) = jobs.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = huitou_storage::write::next_batch(&mut jobs, MAX_BATCH).await {
         write_batch(&store, batch).await;
     }
 }

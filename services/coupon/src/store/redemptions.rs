@@ -7,8 +7,8 @@
 //! writer takes whatever is queued and writes it in a single transaction:
 //! one update of every coupon in the batch, each conditioned on its own
 //! version, and one outbox row for all their events (decision 0017) — one
-//! commit, one flush to disk. Nobody waits for a timer: under light load a
-//! batch is one redemption. A coupon whose version moved, or that appears
+//! commit, one flush to disk (batches gathered as `write::next_batch`
+//! does: no timer). A coupon whose version moved, or that appears
 //! twice in a batch, is answered "not redeemed here" and its caller takes
 //! the transactional path, which decides afresh (decision 0015).
 
@@ -75,14 +75,7 @@ impl RedemptionIntake {
 }
 
 async fn writer(db: Database, mut jobs: mpsc::Receiver<Job>) {
-    while let Some(first) = jobs.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = huitou_storage::write::next_batch(&mut jobs, MAX_BATCH).await {
         write_batch(&db, batch).await;
     }
 }
