@@ -1089,3 +1089,73 @@ async fn concurrent_repeats_of_one_order_record_it_once() {
     assert_eq!(stats.order_count, 1);
     suite.stop().await;
 }
+
+/// A storefront retrying an order already recorded, in a burst of new
+/// orders from other buyers: the retry shares a batch with new orders (the
+/// batch's one statement finds the number taken, and its orders go one by
+/// one). Every new order is recorded once, the retry is answered as a
+/// repeat, and no buyer's statistics count an order twice.
+#[tokio::test]
+async fn a_retry_among_new_orders_is_a_repeat_and_counts_once() {
+    let suite = TestSuite::start("retry-in-burst").await;
+    let client = suite.customers(&suite.shop.storefront);
+    let mut c = client.clone();
+    let first = c
+        .record_order(paid_order("KEEP-1", "loyal", vec![item("S", "c", 1, 900)]))
+        .await
+        .expect("first")
+        .into_inner();
+    assert!(first.created);
+    for round in 0..5 {
+        let mut calls = Vec::new();
+        for i in 0..30 {
+            let mut c = client.clone();
+            let order = if i == 10 {
+                paid_order("KEEP-1", "loyal", vec![item("S", "c", 1, 900)])
+            } else {
+                paid_order(
+                    &format!("NEW-{round}-{i}"),
+                    &format!("buyer-{round}-{i}"),
+                    vec![item("S", "c", 2, 500)],
+                )
+            };
+            calls.push(tokio::spawn(async move {
+                (
+                    i,
+                    c.record_order(order).await.map(|r| r.into_inner().created),
+                )
+            }));
+        }
+        for call in calls {
+            let (i, created) = call.await.expect("join");
+            let created = created.expect("recorded");
+            assert_eq!(created, i != 10, "call {i} of round {round}");
+        }
+    }
+    let mut c = client.clone();
+    let stats = |nick: &str| pb::GetCustomerRequest {
+        buyer_nick: nick.into(),
+        ..Default::default()
+    };
+    let loyal = c
+        .get_customer(stats("loyal"))
+        .await
+        .expect("loyal")
+        .into_inner()
+        .customer
+        .expect("customer")
+        .stats
+        .expect("stats");
+    assert_eq!((loyal.order_count, loyal.spent_fen), (1, 900));
+    let new = c
+        .get_customer(stats("buyer-4-29"))
+        .await
+        .expect("new buyer")
+        .into_inner()
+        .customer
+        .expect("customer")
+        .stats
+        .expect("stats");
+    assert_eq!((new.order_count, new.spent_fen), (1, 1000));
+    suite.stop().await;
+}

@@ -215,3 +215,108 @@ async fn import_reports_bad_rows_keeps_stats_exact_and_resumes() {
     assert_eq!(backwards.row_errors[0].field, "row_number");
     suite.stop().await;
 }
+
+/// A batch that fails while the next one is being written beside it: the
+/// import stops with the error, the next batch rolls back instead of
+/// committing after the gap, progress stays where the last whole batch
+/// left it, and running the import again writes every row exactly once.
+#[tokio::test]
+async fn a_failed_batch_stops_the_batch_beside_it_and_progress() {
+    use pb::OrderStatus::Paid;
+    use sea_orm::ConnectionTrait;
+    let suite = TestSuite::start("import-fault").await;
+    let mut client = suite.customers(&suite.shop.operator);
+    // The database refuses one order of the second message (a fault no
+    // validation can see: think of a full disk).
+    let db = huitou_storage::Database::connect(&suite.database.config)
+        .await
+        .expect("db");
+    let refuse = if suite.database.kind == "postgres" {
+        vec![
+            "CREATE FUNCTION refuse_boom() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN IF NEW.order_no = 'F-5' THEN RAISE EXCEPTION 'disk full'; END IF; RETURN NEW; END $$",
+            "CREATE TRIGGER refuse_boom BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION refuse_boom()",
+        ]
+    } else {
+        vec![
+            "CREATE TRIGGER refuse_boom BEFORE INSERT ON orders WHEN NEW.order_no = 'F-5'
+             BEGIN SELECT RAISE(ABORT, 'disk full'); END",
+        ]
+    };
+    for sql in &refuse {
+        db.conn().execute_unprepared(sql).await.expect("trigger");
+    }
+    // Four messages, each with its own buyers, so each may be written
+    // beside the one before it.
+    let messages = || {
+        (0..4)
+            .map(|m| pb::ImportOrdersRequest {
+                import_id: "faulty".into(),
+                rows: (1..=3)
+                    .map(|i| {
+                        let n = m * 3 + i;
+                        row(n, &format!("F-{n}"), &format!("buyer-{m}"), Paid, 1, 0)
+                    })
+                    .collect(),
+            })
+            .collect::<Vec<_>>()
+    };
+    let failed = client
+        .import_orders(tokio_stream::iter(messages()))
+        .await
+        .expect_err("the second batch fails");
+    assert_eq!(failed.code(), tonic::Code::Internal, "{failed:?}");
+    let progress = client
+        .get_order_import(pb::GetOrderImportRequest {
+            import_id: "faulty".into(),
+        })
+        .await
+        .expect("progress")
+        .into_inner();
+    assert_eq!(
+        (progress.rows_imported, progress.last_row_number),
+        (3, 3),
+        "only the first batch is recorded"
+    );
+    for later in ["F-7", "F-10"] {
+        let missing = client
+            .get_order(pb::GetOrderRequest {
+                order_no: later.into(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("not written");
+        assert_eq!(missing.code(), tonic::Code::NotFound, "{later}");
+    }
+    let allow = if suite.database.kind == "postgres" {
+        "DROP TRIGGER refuse_boom ON orders"
+    } else {
+        "DROP TRIGGER refuse_boom"
+    };
+    db.conn()
+        .execute_unprepared(allow)
+        .await
+        .expect("drop trigger");
+    let again = client
+        .import_orders(tokio_stream::iter(messages()))
+        .await
+        .expect("resumed")
+        .into_inner();
+    assert_eq!((again.rows_imported, again.rows_skipped), (9, 3));
+    for m in 0..4 {
+        let stats = client
+            .get_customer(pb::GetCustomerRequest {
+                buyer_nick: format!("buyer-{m}"),
+                ..Default::default()
+            })
+            .await
+            .expect("buyer")
+            .into_inner()
+            .customer
+            .expect("c")
+            .stats
+            .expect("stats");
+        assert_eq!(stats.order_count, 3, "buyer-{m}");
+    }
+    suite.stop().await;
+}

@@ -65,23 +65,49 @@ pub async fn insert(
     rows: Vec<Vec<Value>>,
     suffix: &str,
 ) -> Result<u64, StorageError> {
+    let mut affected = 0;
+    for (sql, values) in insert_statements(tx.backend(), table, columns, rows, suffix)? {
+        affected += tx.execute(&sql, values).await?;
+    }
+    Ok(affected)
+}
+
+/// Inserts as [`insert`] does and returns `returning` (a select list) of
+/// the rows written: with `ON CONFLICT … DO NOTHING`, the rows that were new.
+pub async fn insert_returning(
+    tx: &WriteTx,
+    table: &str,
+    columns: &[(&str, Col)],
+    rows: Vec<Vec<Value>>,
+    suffix: &str,
+    returning: &str,
+) -> Result<Vec<sea_orm::QueryResult>, StorageError> {
+    let suffix = format!("{suffix} RETURNING {returning}");
+    let mut out = Vec::new();
+    for (sql, values) in insert_statements(tx.backend(), table, columns, rows, &suffix)? {
+        out.extend(tx.query_all(&sql, values).await?);
+    }
+    Ok(out)
+}
+
+/// The statements that insert `rows`: one on PostgreSQL, one per chunk of
+/// [`SQLITE_MAX_VARIABLES`] on SQLite.
+fn insert_statements(
+    backend: sea_orm::DbBackend,
+    table: &str,
+    columns: &[(&str, Col)],
+    rows: Vec<Vec<Value>>,
+    suffix: &str,
+) -> Result<Vec<(String, Vec<Value>)>, StorageError> {
     if rows.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
+    }
+    if backend == sea_orm::DbBackend::Postgres {
+        return Ok(vec![pg_insert(1, table, columns, rows, suffix)?]);
     }
     let names: Vec<&str> = columns.iter().map(|(n, _)| *n).collect();
-    if tx.backend() == sea_orm::DbBackend::Postgres {
-        let (unnest, select, values) = pg_arrays(table, columns, rows)?;
-        let sql = format!(
-            "INSERT INTO {table} ({}) SELECT {} FROM unnest({}) AS u({}) {suffix}",
-            names.join(", "),
-            select.join(", "),
-            unnest.join(", "),
-            names.join(", ")
-        );
-        return tx.execute(&sql, values).await;
-    }
     let per_statement = (SQLITE_MAX_VARIABLES / columns.len()).max(1);
-    let mut affected = 0;
+    let mut statements = Vec::new();
     let mut rows = rows.into_iter().peekable();
     while rows.peek().is_some() {
         let chunk: Vec<Vec<Value>> = rows.by_ref().take(per_statement).collect();
@@ -99,9 +125,103 @@ pub async fn insert(
             names.join(", "),
             groups.join(", ")
         );
-        affected += tx.execute(&sql, values).await?;
+        statements.push((sql, values));
     }
-    Ok(affected)
+    Ok(statements)
+}
+
+/// Bulk inserts into several tables sent together: on PostgreSQL one
+/// statement (each insert a data-modifying CTE), so a batch that writes
+/// orders, buyers and events pays one round trip for all three; on SQLite
+/// one after another (no round trips to save).
+#[derive(Default)]
+pub struct Inserts<'a> {
+    parts: Vec<InsertPart<'a>>,
+}
+
+struct InsertPart<'a> {
+    table: &'a str,
+    columns: &'a [(&'a str, Col)],
+    rows: Vec<Vec<Value>>,
+    suffix: String,
+}
+
+impl<'a> Inserts<'a> {
+    /// Adds the rows of one table, as [`insert`] takes them.
+    pub fn add(
+        &mut self,
+        table: &'a str,
+        columns: &'a [(&'a str, Col)],
+        rows: Vec<Vec<Value>>,
+        suffix: impl Into<String>,
+    ) {
+        self.parts.push(InsertPart {
+            table,
+            columns,
+            rows,
+            suffix: suffix.into(),
+        });
+    }
+
+    /// Writes them all; rows written per table, in the order added.
+    pub async fn run(self, tx: &WriteTx) -> Result<Vec<u64>, StorageError> {
+        if tx.backend() != sea_orm::DbBackend::Postgres {
+            let mut counts = Vec::with_capacity(self.parts.len());
+            for part in self.parts {
+                counts.push(insert(tx, part.table, part.columns, part.rows, &part.suffix).await?);
+            }
+            return Ok(counts);
+        }
+        if self.parts.iter().all(|p| p.rows.is_empty()) {
+            return Ok(vec![0; self.parts.len()]);
+        }
+        // An empty part is an insert from empty arrays: it writes nothing
+        // and counts 0, so every part keeps its place.
+        let mut ctes = Vec::with_capacity(self.parts.len());
+        let mut counts = Vec::with_capacity(self.parts.len());
+        let mut values: Vec<Value> = Vec::new();
+        for (i, part) in self.parts.into_iter().enumerate() {
+            let (sql, arrays) = pg_insert(
+                values.len() + 1,
+                part.table,
+                part.columns,
+                part.rows,
+                &part.suffix,
+            )?;
+            values.extend(arrays);
+            ctes.push(format!("w{i} AS ({sql} RETURNING 1)"));
+            counts.push(format!("(SELECT count(*) FROM w{i}) AS n{i}"));
+        }
+        let sql = format!("WITH {} SELECT {}", ctes.join(", "), counts.join(", "));
+        let rows = tx.query_all(&sql, values).await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| StorageError::Other("bulk inserts: no counts".into()))?;
+        (0..counts.len())
+            .map(|i| Ok(row.try_get::<i64>("", &format!("n{i}"))? as u64))
+            .collect()
+    }
+}
+
+/// The PostgreSQL statement inserting `rows` from arrays, its parameters
+/// numbered from `first`, and those parameters.
+fn pg_insert(
+    first: usize,
+    table: &str,
+    columns: &[(&str, Col)],
+    rows: Vec<Vec<Value>>,
+    suffix: &str,
+) -> Result<(String, Vec<Value>), StorageError> {
+    let names: Vec<&str> = columns.iter().map(|(n, _)| *n).collect();
+    let (unnest, select, values) = pg_arrays_from(first, table, columns, rows)?;
+    let sql = format!(
+        "INSERT INTO {table} ({}) SELECT {} FROM unnest({}) AS u({}) {suffix}",
+        names.join(", "),
+        select.join(", "),
+        unnest.join(", "),
+        names.join(", ")
+    );
+    Ok((sql, values))
 }
 
 /// Unnest parameters, select list, array values.
@@ -110,6 +230,16 @@ type PgArrays = (Vec<String>, Vec<String>, Vec<Value>);
 /// The unnest parameters, the select list that turns sentinels back into
 /// NULL, and the arrays, for `rows` of `columns`.
 fn pg_arrays(
+    table: &str,
+    columns: &[(&str, Col)],
+    rows: Vec<Vec<Value>>,
+) -> Result<PgArrays, StorageError> {
+    pg_arrays_from(1, table, columns, rows)
+}
+
+/// [`pg_arrays`] with parameters numbered from `first`.
+fn pg_arrays_from(
+    first: usize,
     table: &str,
     columns: &[(&str, Col)],
     rows: Vec<Vec<Value>>,
@@ -133,7 +263,7 @@ fn pg_arrays(
     let unnest: Vec<String> = columns
         .iter()
         .enumerate()
-        .map(|(i, (_, c))| format!("${}::{}", i + 1, c.pg_array()))
+        .map(|(i, (_, c))| format!("${}::{}", first + i, c.pg_array()))
         .collect();
     let select: Vec<String> = columns
         .iter()
@@ -342,6 +472,54 @@ pub async fn rows_with_keys(
     keys: &[String],
     lock: bool,
 ) -> Result<Vec<sea_orm::QueryResult>, StorageError> {
+    keyed_rows(tx, columns, table, key_column, shop_id, keys, lock, false).await
+}
+
+/// The rows a batch is about to write: [`rows_with_keys`] locked for
+/// update (on PostgreSQL), in key order.
+///
+/// With `then_reuse_plans` the transaction's lookups end here: from the
+/// next statement to the end of the transaction, PostgreSQL plans each
+/// statement once per connection and reuses the plan instead of planning
+/// every run (the session default, decision 0011). Only inserts from
+/// arrays and changes by key may follow, whose plans cannot go stale as
+/// tables grow; a lookup after it would get a plan made for an empty table.
+/// The switch rides on this query (evaluated once, even when nothing
+/// matches), so it costs no round trip.
+pub async fn rows_to_write(
+    tx: &WriteTx,
+    columns: &str,
+    table: &str,
+    key_column: &str,
+    shop_id: &str,
+    keys: &[String],
+    then_reuse_plans: bool,
+) -> Result<Vec<sea_orm::QueryResult>, StorageError> {
+    let lock = tx.backend() == sea_orm::DbBackend::Postgres;
+    keyed_rows(
+        tx,
+        columns,
+        table,
+        key_column,
+        shop_id,
+        keys,
+        lock,
+        then_reuse_plans,
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn keyed_rows(
+    tx: &WriteTx,
+    columns: &str,
+    table: &str,
+    key_column: &str,
+    shop_id: &str,
+    keys: &[String],
+    lock: bool,
+    then_reuse_plans: bool,
+) -> Result<Vec<sea_orm::QueryResult>, StorageError> {
     if keys.is_empty() {
         return Ok(Vec::new());
     }
@@ -358,6 +536,13 @@ pub async fn rows_with_keys(
         // with one shop, as a scan of the shop's rows: the cost grew with the
         // table. `LATERAL` with `OFFSET 0` (or the lock) keeps the planner
         // from flattening the lookup into such a join.
+        // An uncorrelated condition is a one-time filter: run once, before
+        // any row, whether or not a row matches.
+        let reuse = if then_reuse_plans {
+            "WHERE (SELECT set_config('plan_cache_mode', 'force_generic_plan', true)) IS NOT NULL"
+        } else {
+            ""
+        };
         let sql = format!(
             "SELECT {columns} FROM unnest($2::text[]) WITH ORDINALITY AS wanted(wanted_key, wanted_at)
              CROSS JOIN LATERAL (
@@ -365,6 +550,7 @@ pub async fn rows_with_keys(
                  WHERE {table}.shop_id = $1 AND {table}.{key_column} = wanted.wanted_key
                  {}
              ) AS {table}
+             {reuse}
              ORDER BY wanted.wanted_at",
             if lock { "FOR UPDATE" } else { "OFFSET 0" }
         );

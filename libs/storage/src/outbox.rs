@@ -251,15 +251,24 @@ pub const BATCH_ROW: &str = "batch";
 /// so a transaction that writes a hundred events writes one row (and the
 /// relay marks one row delivered), not a hundred.
 pub async fn append_many(tx: &WriteTx, events: Vec<EventEnvelope>) -> Result<(), StorageError> {
-    use crate::bulk::{self, Col};
-    const COLUMNS: [(&str, Col); 6] = [
-        ("event_id", Col::Text),
-        ("shop_id", Col::Text),
-        ("event_type", Col::Text),
-        ("payload", Col::Bytes),
-        ("created_at", Col::BigInt),
-        ("events", Col::Int),
-    ];
+    crate::bulk::insert(tx, "outbox_events", &ROW_COLUMNS, rows_of(events), "").await?;
+    Ok(())
+}
+
+/// The columns of [`rows_of`], for writing them with other bulk inserts.
+pub const ROW_COLUMNS: [(&str, crate::bulk::Col); 6] = [
+    ("event_id", crate::bulk::Col::Text),
+    ("shop_id", crate::bulk::Col::Text),
+    ("event_type", crate::bulk::Col::Text),
+    ("payload", crate::bulk::Col::Bytes),
+    ("created_at", crate::bulk::Col::BigInt),
+    ("events", crate::bulk::Col::Int),
+];
+
+/// The outbox rows [`append_many`] writes for `events`: one per shop,
+/// events in the order given, each without a trace context given the
+/// current span's.
+pub fn rows_of(events: Vec<EventEnvelope>) -> Vec<Vec<Value>> {
     let (traceparent, tracestate) = telemetry::current_trace_headers();
     let now = now_micros();
     // One row per shop, events in the order written, so the row's shop
@@ -275,22 +284,20 @@ pub async fn append_many(tx: &WriteTx, events: Vec<EventEnvelope>) -> Result<(),
             None => by_shop.push((event.shop_id.clone(), vec![event])),
         }
     }
-    let rows: Vec<Vec<Value>> = by_shop
+    by_shop
         .into_iter()
-        .map(|(shop, events)| {
+        .map(|(shop, mut events)| {
             let first_id = events
                 .first()
                 .map(|e| e.event_id.clone())
                 .unwrap_or_default();
-            let (event_type, payload) = match events.as_slice() {
-                [one] => (one.event_type(), one.encode_to_vec()),
-                _ => (
-                    BATCH_ROW,
-                    DeliverEventsRequest {
-                        events: events.clone(),
-                    }
-                    .encode_to_vec(),
-                ),
+            let count = events.len() as i32;
+            let (event_type, payload) = match events.len() {
+                1 => {
+                    let one = events.remove(0);
+                    (one.event_type(), one.encode_to_vec())
+                }
+                _ => (BATCH_ROW, DeliverEventsRequest { events }.encode_to_vec()),
             };
             vec![
                 first_id.into(),
@@ -298,12 +305,10 @@ pub async fn append_many(tx: &WriteTx, events: Vec<EventEnvelope>) -> Result<(),
                 event_type.into(),
                 Value::Bytes(Some(payload)),
                 now.into(),
-                (events.len() as i32).into(),
+                count.into(),
             ]
         })
-        .collect();
-    bulk::insert(tx, "outbox_events", &COLUMNS, rows, "").await?;
-    Ok(())
+        .collect()
 }
 
 /// The events an outbox row carries: one, or a batch row's several.
@@ -434,10 +439,15 @@ impl Relay {
         let mut last_sweep = std::time::Instant::now() - Duration::from_secs(3600);
         let mut last_backlog = std::time::Instant::now() - BACKLOG_EVERY;
         loop {
-            let mut idle = false;
+            let (mut idle, mut partial) = (false, false);
             match self.pass().await {
                 Ok(p) if p.dispatched + p.retried + p.dead == 0 => idle = true,
-                Ok(_) => {}
+                // Fewer than a batch: more are committing one by one. Let
+                // them gather instead of passing for every commit, which
+                // under steady load costs a transaction per writer commit.
+                Ok(p) => {
+                    partial = p.dispatched + p.retried + p.dead < self.config.batch_size as usize
+                }
                 Err(e) => {
                     tracing::warn!(service = self.service_name, error = %e, "outbox relay pass failed");
                     idle = true;
@@ -466,6 +476,11 @@ impl Relay {
                         tokio::time::sleep(LINGER).await;
                     },
                     _ = tokio::time::sleep(poll) => {},
+                }
+            } else if partial {
+                tokio::select! {
+                    _ = &mut stop => return,
+                    _ = tokio::time::sleep(LINGER) => {},
                 }
             } else if futures_ready(&mut stop).await {
                 return;

@@ -1,12 +1,14 @@
 //! The order intake: orders that storefronts record as they happen are
 //! gathered and written together.
 //!
-//! Every `RecordOrder` without a request id joins a queue. One writer takes
+//! Every `RecordOrder` without a request id joins a queue. The intake takes
 //! whatever is queued (up to [`MAX_BATCH`]) and writes the new orders in a
 //! single transaction — one commit, one flush to disk, a handful of bulk
 //! statements for all of them — then answers each caller. Nobody waits for
 //! a timer: under light load a batch is one order; under heavy load the
-//! batch grows by itself while the previous one is being written. An order
+//! batch grows by itself while the previous one is being written. The next
+//! batch starts while the previous one commits (`write::pipeline`), and
+//! two batches in flight never hold the same buyer. An order
 //! number already recorded, a repeat inside the batch, or a batch that
 //! fails as a whole (a concurrent writer on another replica got in first)
 //! goes through the one-order path, which handles repeats, payments of
@@ -15,6 +17,7 @@
 
 use std::collections::HashMap;
 
+use huitou_storage::write::Committing;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::order::Order;
@@ -36,28 +39,30 @@ struct Job {
     reply: oneshot::Sender<Answer>,
 }
 
-/// The queues of orders to record, one per writer.
+/// The queue of orders to record.
 #[derive(Clone)]
 pub struct OrderIntake {
-    queues: Vec<mpsc::Sender<Job>>,
+    queue: mpsc::Sender<Job>,
 }
 
-/// Writers, each with its own connection: one batch commits (waiting for
-/// the disk) while the next is being written.
-pub const WRITERS: usize = 2;
-
 impl OrderIntake {
-    /// Starts the writers over `store`; they stop when the last handle is
+    /// Starts the intake over `store`; it stops when the last handle is
     /// dropped.
     pub fn start(store: Store) -> Self {
-        let queues = (0..WRITERS)
-            .map(|_| {
-                let (queue, jobs) = mpsc::channel(4 * MAX_BATCH);
-                tokio::spawn(writer(store.clone(), jobs));
-                queue
-            })
-            .collect();
-        Self { queues }
+        let (queue, jobs) = mpsc::channel(4 * MAX_BATCH);
+        tokio::spawn(huitou_storage::write::pipeline(
+            jobs,
+            MAX_BATCH,
+            // One buyer's orders never sit in two batches in flight at once:
+            // batches never wait on each other's locks, and a buyer created
+            // by one is seen by the next.
+            |job: &Job| (job.shop_id.clone(), job.order.buyer_nick.clone()),
+            move |batch, committing| {
+                let store = store.clone();
+                Box::pin(async move { write_batch(&store, batch, committing).await })
+            },
+        ));
+        Self { queue }
     }
 
     /// Records `order` for `shop_id`: the order as stored, and whether this
@@ -75,23 +80,12 @@ impl OrderIntake {
                 "the order intake stopped".into(),
             ))
         };
-        // One buyer always goes to the same writer, so two batches in this
-        // process never race to create or lock the same buyer.
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        std::hash::Hash::hash(&(&job.shop_id, &job.order.buyer_nick), &mut hasher);
-        let queue = &self.queues[(std::hash::Hasher::finish(&hasher) as usize) % self.queues.len()];
-        queue.send(job).await.map_err(|_| gone())?;
+        self.queue.send(job).await.map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }
 }
 
-async fn writer(store: Store, mut jobs: mpsc::Receiver<Job>) {
-    while let Some(batch) = huitou_storage::write::next_batch(&mut jobs, MAX_BATCH).await {
-        write_batch(&store, batch).await;
-    }
-}
-
-async fn write_batch(store: &Store, batch: Vec<Job>) {
+async fn write_batch(store: &Store, batch: Vec<Job>, mut committing: Committing) {
     let mut by_shop: HashMap<&str, Vec<ImportRow>> = HashMap::new();
     for job in &batch {
         by_shop
@@ -107,15 +101,20 @@ async fn write_batch(store: &Store, batch: Vec<Job>) {
     let written: Result<HashMap<(String, String), Order>, CustomerError> = async {
         let tx = store.db.begin().await?;
         let mut written = HashMap::new();
-        for (shop, rows) in by_shop {
+        let shops = by_shop.len();
+        for (i, (shop, rows)) in by_shop.into_iter().enumerate() {
+            // Only the last shop's writes may reuse plans: a lookup after
+            // the switch would be planned generically (decision 0011).
+            let last = i + 1 == shops;
             for order in store
-                .write_new_orders(&tx, shop, rows, Origin::Live)
+                .write_new_orders(&tx, shop, rows, Origin::Live, last)
                 .await?
                 .orders
             {
                 written.insert((shop.to_owned(), order.order_no.clone()), order);
             }
         }
+        committing.now();
         tx.commit().await?;
         store.outbox.notify();
         Ok(written)
@@ -128,6 +127,9 @@ async fn write_batch(store: &Store, batch: Vec<Job>) {
             HashMap::new()
         }
     };
+    // The rest go one by one, together; the batch (and its buyers) is
+    // finished only when they are.
+    let mut one_by_one = tokio::task::JoinSet::new();
     for job in batch {
         match written.remove(&(job.shop_id.clone(), job.order.order_no.clone())) {
             Some(order) => {
@@ -135,7 +137,7 @@ async fn write_batch(store: &Store, batch: Vec<Job>) {
             }
             None => {
                 let store = store.clone();
-                tokio::spawn(async move {
+                one_by_one.spawn(async move {
                     let (shop, order) = (job.shop_id, job.order);
                     let answer = store
                         .write_answer(move |tx, store| {
@@ -148,4 +150,5 @@ async fn write_batch(store: &Store, batch: Vec<Job>) {
             }
         }
     }
+    while one_by_one.join_next().await.is_some() {}
 }

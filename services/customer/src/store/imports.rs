@@ -59,6 +59,34 @@ pub struct ImportProgress {
     pub updated_at: i64,
 }
 
+/// An import's batch still being written when the next one starts. The
+/// two share no buyer and no order number, so neither waits on the other's
+/// rows; the next one waits for it only before recording progress.
+#[derive(Clone)]
+pub struct EarlierBatch(tokio::sync::watch::Receiver<Option<bool>>);
+
+impl EarlierBatch {
+    /// A batch's outcome to send (`true` once committed, `false` when it
+    /// failed for good), and the handle the next batch waits on.
+    pub fn new() -> (tokio::sync::watch::Sender<Option<bool>>, Self) {
+        let (outcome, waiting) = tokio::sync::watch::channel(None);
+        (outcome, Self(waiting))
+    }
+
+    /// Waits for the batch; an error when it did not commit (or its task
+    /// is gone), so the next one rolls back instead of committing after a
+    /// gap.
+    pub async fn committed(&self) -> Result<(), CustomerError> {
+        let mut outcome = self.0.clone();
+        match outcome.wait_for(Option::is_some).await.map(|o| *o) {
+            Ok(Some(true)) => Ok(()),
+            _ => Err(CustomerError::Storage(huitou_storage::StorageError::Other(
+                "the import's previous batch was not written".into(),
+            ))),
+        }
+    }
+}
+
 /// Where new orders come from: what their events say.
 #[derive(Debug, Clone, Copy)]
 pub enum Origin<'a> {
@@ -83,29 +111,25 @@ impl Store {
     /// Writes a batch of orders new to the shop in one go: buyers created
     /// or locked (in nick order, so concurrent batches cannot deadlock),
     /// statistics applied, orders, buyers and events written in bulk, and
-    /// the buyers' cache entries refreshed after commit.
+    /// the buyers' cache entries refreshed after commit. `last_lookup`
+    /// says no lookup follows in this transaction (another shop's batch
+    /// would), so the writes may reuse their plans (decision 0011).
     pub async fn write_new_orders(
         &self,
         tx: &WriteTx,
         shop_id: &str,
         rows: Vec<ImportRow>,
         origin: Origin<'_>,
+        last_lookup: bool,
     ) -> Result<Written, CustomerError> {
         let mut written = Written::default();
 
-        // Order numbers already recorded, and repeats inside the batch.
-        let mut existing: HashSet<String> = HashSet::new();
-        let numbers: Vec<String> = rows.iter().map(|r| r.order.order_no.clone()).collect();
-        for row in bulk::rows_with_keys(
-            tx, "order_no", "orders", "order_no", shop_id, &numbers, false,
-        )
-        .await?
-        {
-            existing.insert(row.try_get::<String>("", "order_no")?);
-        }
+        // Repeats inside the batch are left alone; numbers already recorded
+        // are found by the insert below.
+        let mut seen: HashSet<String> = HashSet::new();
         let mut fresh: Vec<ImportRow> = Vec::with_capacity(rows.len());
         for row in rows {
-            if existing.insert(row.order.order_no.clone()) {
+            if seen.insert(row.order.order_no.clone()) {
                 fresh.push(row);
             } else {
                 written.skipped.push(row.order.order_no);
@@ -119,15 +143,16 @@ impl Store {
         nicks.sort();
         nicks.dedup();
         let mut buyers: HashMap<String, (CustomerRecord, bool)> = HashMap::new();
-        let lock = self.db.is_postgres();
-        for row in bulk::rows_with_keys(
+        // With `last_lookup`, only writes follow in this transaction: they
+        // may reuse their plans (decision 0011).
+        for row in bulk::rows_to_write(
             tx,
             customers::COLUMNS,
             "customers",
             "buyer_nick",
             shop_id,
             &nicks,
-            lock,
+            last_lookup,
         )
         .await?
         {
@@ -139,6 +164,63 @@ impl Store {
                 .entry(nick.clone())
                 .or_insert_with(|| (CustomerRecord::new(shop_id, nick), true));
         }
+        // The orders. A number recorded before (or by a transaction
+        // committing now) is skipped by the insert itself, so no batch looks
+        // numbers up or fails on one. An import asks which rows went in, as
+        // resuming re-sends rows already recorded. Orders recorded live are
+        // new but for a rare retry: they are written with the buyers and
+        // events in one statement below, and if any number turns out taken
+        // the batch fails as a whole and its orders go one by one.
+        let now = now_micros();
+        for row in &mut fresh {
+            row.order.id = new_id();
+            if let Some((buyer, _)) = buyers.get(&row.order.buyer_nick) {
+                row.order.customer_id = buyer.customer.id.clone();
+            }
+            if let Origin::Import(import_id) = origin {
+                row.order.import_id = Some(import_id.to_owned());
+            }
+        }
+        let order_rows: Vec<Vec<Value>> = fresh
+            .iter()
+            .map(|r| order_values(shop_id, &r.order, now))
+            .collect();
+        let mut writes = bulk::Inserts::default();
+        let expected_orders = fresh.len() as u64;
+        let live = matches!(origin, Origin::Live);
+        if live {
+            writes.add(
+                "orders",
+                &ORDER_COLUMN_TYPES,
+                order_rows,
+                "ON CONFLICT (shop_id, order_no) DO NOTHING",
+            );
+        } else {
+            let mut inserted: HashSet<String> = HashSet::with_capacity(fresh.len());
+            for row in bulk::insert_returning(
+                tx,
+                "orders",
+                &ORDER_COLUMN_TYPES,
+                order_rows,
+                "ON CONFLICT (shop_id, order_no) DO NOTHING",
+                "order_no",
+            )
+            .await?
+            {
+                inserted.insert(row.try_get::<String>("", "order_no")?);
+            }
+            let (kept, recorded_before): (Vec<ImportRow>, Vec<ImportRow>) = fresh
+                .into_iter()
+                .partition(|r| inserted.contains(&r.order.order_no));
+            written
+                .skipped
+                .extend(recorded_before.into_iter().map(|r| r.order.order_no));
+            fresh = kept;
+        }
+        // Only buyers with an order written change.
+        let touched: HashSet<&str> = fresh.iter().map(|r| r.order.buyer_nick.as_str()).collect();
+        buyers.retain(|nick, _| touched.contains(nick.as_str()));
+        nicks.retain(|nick| buyers.contains_key(nick));
         // Apply every row to its buyer.
         let mut pending_events = Vec::with_capacity(fresh.len() * 2 + buyers.len());
         for nick in &nicks {
@@ -164,11 +246,6 @@ impl Store {
             let Some((buyer, created)) = buyers.get_mut(&row.order.buyer_nick) else {
                 continue;
             };
-            row.order.id = new_id();
-            row.order.customer_id = buyer.customer.id.clone();
-            if let Origin::Import(import_id) = origin {
-                row.order.import_id = Some(import_id.to_owned());
-            }
             let mut sequence = 0;
             if row.order.paid_at.is_some() {
                 let mut delta = row.order.paid_delta();
@@ -219,44 +296,44 @@ impl Store {
             }
             written.orders.push(row.order);
         }
-        // Buyers: new ones inserted, known ones upserted; then the orders.
-        let now = now_micros();
+        // Buyers, new and known, in one statement: a known buyer's id is
+        // taken, so its row is updated; a new one's is not.
         let updates: Vec<String> = customers::COLUMN_TYPES
             .iter()
             .skip(2)
             .map(|(c, _)| format!("{c} = excluded.{c}"))
             .collect();
-        let (mut new_rows, mut known_rows): (Vec<Vec<Value>>, Vec<Vec<Value>>) =
-            (Vec::new(), Vec::new());
-        for (record, created) in buyers.values_mut() {
-            // Strictly increasing: the update time versions cache entries.
-            record.customer.updated_at = now.max(record.customer.updated_at + 1);
-            let v = record.values();
-            if *created {
-                new_rows.push(v)
-            } else {
-                known_rows.push(v)
-            }
-        }
-        bulk::insert(tx, "customers", &customers::COLUMN_TYPES, new_rows, "").await?;
-        bulk::insert(
-            tx,
+        let buyer_rows: Vec<Vec<Value>> = buyers
+            .values_mut()
+            .map(|(record, _)| {
+                // Strictly increasing: the update time versions cache entries.
+                record.customer.updated_at = now.max(record.customer.updated_at + 1);
+                record.values()
+            })
+            .collect();
+        writes.add(
             "customers",
             &customers::COLUMN_TYPES,
-            known_rows,
-            &format!(
+            buyer_rows,
+            format!(
                 "ON CONFLICT (shop_id, id) DO UPDATE SET {}",
                 updates.join(", ")
             ),
-        )
-        .await?;
-        let order_rows: Vec<Vec<Value>> = written
-            .orders
-            .iter()
-            .map(|o| order_values(shop_id, o, now))
-            .collect();
-        bulk::insert(tx, "orders", &ORDER_COLUMN_TYPES, order_rows, "").await?;
-        outbox::append_many(tx, pending_events).await?;
+        );
+        writes.add(
+            "outbox_events",
+            &outbox::ROW_COLUMNS,
+            outbox::rows_of(pending_events),
+            "",
+        );
+        let counts = writes.run(tx).await?;
+        if live && counts.first() != Some(&expected_orders) {
+            return Err(CustomerError::Storage(
+                huitou_storage::StorageError::Conflict(
+                    "an order number of the batch was recorded before".into(),
+                ),
+            ));
+        }
         let refreshed: Vec<_> = buyers
             .into_values()
             .map(|(record, _)| record.customer)
@@ -272,7 +349,11 @@ impl Store {
 
     /// Writes one batch of valid import rows and the import's progress;
     /// `rejected` and `last_row_number` account for the whole message,
-    /// refused rows included.
+    /// refused rows included. With `earlier`, the import's previous batch
+    /// is still being written: this one writes its orders meanwhile but
+    /// records progress (and so can commit) only once that one committed,
+    /// so progress never runs past a row that is not written.
+    #[allow(clippy::too_many_arguments)]
     pub async fn import_batch(
         &self,
         tx: &WriteTx,
@@ -281,10 +362,14 @@ impl Store {
         rows: Vec<ImportRow>,
         rejected: i64,
         last_row_number: i64,
+        earlier: Option<&EarlierBatch>,
     ) -> Result<BatchOutcome, CustomerError> {
         let written = self
-            .write_new_orders(tx, shop_id, rows, Origin::Import(import_id))
+            .write_new_orders(tx, shop_id, rows, Origin::Import(import_id), true)
             .await?;
+        if let Some(earlier) = earlier {
+            earlier.committed().await?;
+        }
         let outcome = BatchOutcome {
             imported: written.orders.len() as i64,
             skipped: written.skipped.len() as i64,
