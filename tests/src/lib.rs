@@ -410,3 +410,12 @@ pub fn ago(seconds_ago: i64) -> prost_types::Timestamp {
         nanos: 0,
     }
 }
+
+/// Rounds a race test runs: `default`, or `HUITOU_RACE_ROUNDS` when set
+/// (CI and local runs turn it up or down without editing tests).
+pub fn race_rounds(default: usize) -> usize {
+    std::env::var("HUITOU_RACE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(default, |r| r.max(1))
+}

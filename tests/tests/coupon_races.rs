@@ -16,10 +16,7 @@ use huitou_tests::{Coupons, TestSuite, reason, test_settings, with_coupon, with_
 
 /// Rounds per run; `HUITOU_RACE_ROUNDS` overrides (the issue asks 1,000).
 fn rounds() -> usize {
-    std::env::var("HUITOU_RACE_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000)
+    huitou_tests::race_rounds(1_000)
 }
 
 const CLIENTS: usize = 64;

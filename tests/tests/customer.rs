@@ -1159,3 +1159,85 @@ async fn a_retry_among_new_orders_is_a_repeat_and_counts_once() {
     assert_eq!((new.order_count, new.spent_fen), (1, 1000));
     suite.stop().await;
 }
+
+/// Two operators at once give two customers a value under the same new
+/// attribute name, one as text, one as a number. The shop's name gets one
+/// type: one call succeeds, the other is refused on its field and writes
+/// nothing, however their transactions interleave.
+#[tokio::test]
+async fn a_new_attribute_name_gets_one_type_when_two_set_it_at_once() {
+    let suite = TestSuite::start("attribute-race").await;
+    let mut client = suite.customers(&suite.shop.operator);
+    let mut ids = Vec::new();
+    for nick in ["ada", "bo"] {
+        ids.push(
+            client
+                .upsert_customer(pb::UpsertCustomerRequest {
+                    buyer_nick: nick.into(),
+                    ..Default::default()
+                })
+                .await
+                .expect("create")
+                .into_inner()
+                .customer
+                .expect("customer")
+                .id,
+        );
+    }
+    let values = [
+        pb::attribute_value::Value::TextValue("干性".into()),
+        pb::attribute_value::Value::IntValue(3),
+    ];
+    for round in 0..huitou_tests::race_rounds(20) {
+        let name = format!("trait_{round}");
+        let calls: Vec<_> = ids
+            .iter()
+            .zip(values.iter())
+            .map(|(id, value)| {
+                let mut c = client.clone();
+                let request = pb::SetCustomerAttributesRequest {
+                    customer_id: id.clone(),
+                    set: [(
+                        name.clone(),
+                        pb::AttributeValue {
+                            value: Some(value.clone()),
+                        },
+                    )]
+                    .into(),
+                    ..Default::default()
+                };
+                tokio::spawn(async move { c.set_customer_attributes(request).await })
+            })
+            .collect();
+        let mut holders = Vec::new();
+        for (i, call) in calls.into_iter().enumerate() {
+            match call.await.expect("join") {
+                Ok(_) => holders.push(i),
+                Err(s) => {
+                    assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+                    assert_eq!(bad_fields(&s), vec![format!("set[{name}]")]);
+                }
+            }
+        }
+        assert_eq!(holders.len(), 1, "round {round}: both types were accepted");
+        for (i, id) in ids.iter().enumerate() {
+            let customer = client
+                .get_customer(pb::GetCustomerRequest {
+                    customer_id: id.clone(),
+                    ..Default::default()
+                })
+                .await
+                .expect("get")
+                .into_inner()
+                .customer
+                .expect("customer");
+            let held = customer.attributes.get(&name).and_then(|v| v.value.clone());
+            if holders.contains(&i) {
+                assert_eq!(held.as_ref(), Some(&values[i]));
+            } else {
+                assert_eq!(held, None, "round {round}: the refused value was written");
+            }
+        }
+    }
+    suite.stop().await;
+}

@@ -300,10 +300,7 @@ impl Fixture {
 }
 
 fn rounds() -> usize {
-    std::env::var("HUITOU_RACE_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse::<usize>().ok())
-        .map_or(20, |r| r.clamp(1, 50))
+    huitou_tests::race_rounds(20).min(50)
 }
 
 #[tokio::test]

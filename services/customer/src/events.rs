@@ -44,6 +44,7 @@ pub fn snapshot(order: &Order, paid_order_sequence: i64) -> OrderSnapshot {
         create_time: Some(timestamp_from_micros(order.created_at)),
         pay_time: order.paid_at.map(timestamp_from_micros),
         paid_order_sequence,
+        imported: order.import_id.is_some(),
     }
 }
 

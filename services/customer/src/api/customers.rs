@@ -560,7 +560,15 @@ impl CustomerService for CustomerApi {
                     let mut changed = Vec::new();
                     for (name, value) in set {
                         if !known.contains_key(&name) {
-                            store.define_attribute(tx, &shop, &name, &value).await?;
+                            let held = store.define_attribute(tx, &shop, &name, &value).await?;
+                            if held != value.type_name() {
+                                // Fixed by a request that committed meanwhile.
+                                return Err(Failure::invalid_field(
+                                    format!("set[{name}]"),
+                                    format!("this shop's attribute {name} holds {held} values"),
+                                )
+                                .into());
+                            }
                         }
                         if record.customer.attributes.get(&name) != Some(&value) {
                             changed.push(format!("attributes.{name}"));

@@ -664,21 +664,33 @@ impl Store {
         Ok(out)
     }
 
-    /// Fixes the type of a new attribute name.
+    /// Fixes the type of a new attribute name; the type the name holds
+    /// afterwards. Another request may have fixed it since this one looked
+    /// (on PostgreSQL the insert then waits for it and does nothing), so
+    /// the answer can differ from `value`'s type.
     pub async fn define_attribute(
         &self,
         tx: &WriteTx,
         shop_id: &str,
         name: &str,
         value: &Attribute,
-    ) -> Result<(), CustomerError> {
-        tx.execute(
-            "INSERT INTO attribute_types (shop_id, name, value_type, created_at) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (shop_id, name) DO NOTHING",
-            vec![shop_id.into(), name.into(), value.type_name().into(), now_micros().into()],
-        )
-        .await?;
-        Ok(())
+    ) -> Result<String, CustomerError> {
+        let inserted = tx
+            .execute(
+                "INSERT INTO attribute_types (shop_id, name, value_type, created_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (shop_id, name) DO NOTHING",
+                vec![shop_id.into(), name.into(), value.type_name().into(), now_micros().into()],
+            )
+            .await?;
+        if inserted == 1 {
+            return Ok(value.type_name().to_owned());
+        }
+        let held = self.attribute_types(tx, shop_id, &[name]).await?;
+        held.get(name).cloned().ok_or_else(|| {
+            CustomerError::Storage(huitou_storage::StorageError::Other(format!(
+                "attribute type {name} neither written nor found"
+            )))
+        })
     }
 
     /// Records a consent decision in the history.
