@@ -628,30 +628,29 @@ impl Store {
         shop_id: &str,
         order_no: &str,
     ) -> Result<u64, NotificationError> {
-        let rows = tx
-            .query_all(
-                "SELECT id FROM messages WHERE shop_id = $1 AND order_no = $2
-                 AND origin = 'event:unpaid_reminder' AND status IN (1, 2, 8)",
-                vec![shop_id.into(), order_no.into()],
-            )
-            .await?;
         let now = now_micros();
         let why = Suppression::OrderPaid;
-        let mut ids = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let id: String = r.try_get("", "id")?;
-            tx.execute(
+        // One conditional statement, not a read then updates by id: a
+        // dispatcher may claim a reminder (SENDING) between the two, and
+        // the claim must win. On PostgreSQL a row a dispatcher holds is
+        // waited for and its status checked again.
+        let rows = tx
+            .query_all(
                 "UPDATE messages SET status = 3, status_reason = $3, updated_at = $4
-                 WHERE shop_id = $1 AND id = $2",
+                 WHERE shop_id = $1 AND order_no = $2
+                   AND origin = 'event:unpaid_reminder' AND status IN (1, 2, 8)
+                 RETURNING id",
                 vec![
                     shop_id.into(),
-                    id.clone().into(),
+                    order_no.into(),
                     why.code().into(),
                     now.into(),
                 ],
             )
             .await?;
-            ids.push(id);
+        let mut ids = Vec::with_capacity(rows.len());
+        for r in &rows {
+            ids.push(r.try_get::<String>("", "id")?);
         }
         let detail = why.describe();
         let changes: Vec<(&str, i32, &str)> = ids
