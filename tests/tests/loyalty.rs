@@ -482,32 +482,78 @@ async fn the_review_run_expires_points_warns_and_drops_tiers_after_grace() {
     suite.stop().await;
 }
 
+/// Loyalty's event inbox, called as the customer service's relay calls it.
+struct Inbox {
+    client: huitou_proto::events::v1::event_consumer_service_client::EventConsumerServiceClient<
+        tonic::service::interceptor::InterceptedService<
+            tonic::transport::Channel,
+            huitou_runtime::client::InternalCredential,
+        >,
+    >,
+    shop: String,
+}
+
+impl Inbox {
+    fn of(suite: &TestSuite) -> Self {
+        use huitou_proto::events::v1::event_consumer_service_client::EventConsumerServiceClient;
+        use huitou_runtime::client::InternalCredential;
+        use secrecy::SecretString;
+        Self {
+            client: EventConsumerServiceClient::with_interceptor(
+                suite.channel(),
+                InternalCredential::new(&SecretString::from(huitou_tests::INTERNAL_TOKEN))
+                    .expect("credential"),
+            ),
+            shop: suite.shop.shop_id.clone(),
+        }
+    }
+
+    /// An event of the shop, new id.
+    fn envelope(
+        &self,
+        payload: huitou_proto::events::v1::event_envelope::Payload,
+    ) -> huitou_proto::events::v1::EventEnvelope {
+        huitou_proto::events::v1::EventEnvelope {
+            event_id: uuid::Uuid::now_v7().to_string(),
+            shop_id: self.shop.clone(),
+            occur_time: Some(ago(10)),
+            source_service: "customer".into(),
+            payload: Some(payload),
+            ..Default::default()
+        }
+    }
+
+    async fn deliver(
+        &self,
+        events: Vec<huitou_proto::events::v1::EventEnvelope>,
+    ) -> huitou_proto::events::v1::DeliverEventsResponse {
+        use huitou_proto::events::v1::DeliverEventsRequest;
+        let mut request =
+            huitou_runtime::client::for_shop(&self.shop, DeliverEventsRequest { events })
+                .expect("request");
+        // The suite serves several inboxes: the header picks loyalty's.
+        request.metadata_mut().insert(
+            huitou_storage::inbox::CONSUMER_HEADER,
+            "loyalty".parse().expect("metadata"),
+        );
+        self.client
+            .clone()
+            .deliver_events(request)
+            .await
+            .expect("deliver")
+            .into_inner()
+    }
+}
+
 #[tokio::test]
 async fn a_redelivered_batch_changes_nothing_and_a_mixed_one_applies_only_the_new() {
-    use huitou_proto::events::v1::event_consumer_service_client::EventConsumerServiceClient;
     use huitou_proto::events::v1::event_envelope::Payload;
-    use huitou_proto::events::v1::{
-        CustomerCreated, DeliverEventsRequest, EventEnvelope, OrderPaid, OrderSnapshot,
-    };
-    use huitou_runtime::client::{InternalCredential, for_shop};
-    use secrecy::SecretString;
+    use huitou_proto::events::v1::{CustomerCreated, OrderPaid, OrderSnapshot};
 
     let suite = TestSuite::start("loyalty-redeliver").await;
-    let shop = suite.shop.shop_id.clone();
     let mut front = suite.loyalty(&suite.shop.storefront);
-    let mut inbox = EventConsumerServiceClient::with_interceptor(
-        suite.channel(),
-        InternalCredential::new(&SecretString::from(huitou_tests::INTERNAL_TOKEN))
-            .expect("credential"),
-    );
-    let envelope = |payload| EventEnvelope {
-        event_id: uuid::Uuid::now_v7().to_string(),
-        shop_id: shop.clone(),
-        occur_time: Some(ago(10)),
-        source_service: "customer".into(),
-        payload: Some(payload),
-        ..Default::default()
-    };
+    let inbox = Inbox::of(&suite);
+    let envelope = |payload| inbox.envelope(payload);
     let paid = |order: &str, fen: i64| {
         Payload::OrderPaid(OrderPaid {
             order: Some(OrderSnapshot {
@@ -522,6 +568,7 @@ async fn a_redelivered_batch_changes_nothing_and_a_mixed_one_applies_only_the_ne
             }),
         })
     };
+    let deliver = |events| inbox.deliver(events);
     let batch = vec![
         envelope(Payload::CustomerCreated(CustomerCreated {
             customer_id: "cust-batch".into(),
@@ -530,23 +577,6 @@ async fn a_redelivered_batch_changes_nothing_and_a_mixed_one_applies_only_the_ne
         envelope(paid("B1", 10_000)),
         envelope(paid("B2", 50_000)),
     ];
-    let deliver = |events: Vec<EventEnvelope>| {
-        let mut inbox = inbox.clone();
-        let shop = shop.clone();
-        async move {
-            let mut request = for_shop(&shop, DeliverEventsRequest { events }).expect("request");
-            // The suite serves several inboxes: the header picks loyalty's.
-            request.metadata_mut().insert(
-                huitou_storage::inbox::CONSUMER_HEADER,
-                "loyalty".parse().expect("metadata"),
-            );
-            inbox
-                .deliver_events(request)
-                .await
-                .expect("deliver")
-                .into_inner()
-        }
-    };
     let first = deliver(batch.clone()).await;
     assert_eq!((first.applied_count, first.duplicate_count), (3, 0));
     let m = front
@@ -591,7 +621,102 @@ async fn a_redelivered_batch_changes_nothing_and_a_mixed_one_applies_only_the_ne
         ledger.entries.iter().map(|e| e.points).sum::<i64>(),
         m.balance_points
     );
-    let _ = &mut inbox;
+    suite.stop().await;
+}
+
+/// The relay retries a failed delivery after later events have gone, so
+/// a refund or a review can reach loyalty before the order's payment. The
+/// member ends where in-order delivery leaves another: the points earned,
+/// the refunded share taken back, the review bonus given, and the late
+/// payment changes nothing.
+#[tokio::test]
+async fn a_refund_or_review_before_its_payment_ends_as_in_order() {
+    use huitou_proto::events::v1::event_envelope::Payload;
+    use huitou_proto::events::v1::{
+        CustomerCreated, OrderPaid, OrderRefunded, OrderReviewed, OrderSnapshot,
+    };
+
+    let suite = TestSuite::start("loyalty-reordered").await;
+    let mut front = suite.loyalty(&suite.shop.storefront);
+    let inbox = Inbox::of(&suite);
+    let snapshot = |customer: &str, order: &str, fen: i64, refunded: i64| OrderSnapshot {
+        order_id: format!("id-{customer}-{order}"),
+        order_no: format!("{customer}-{order}"),
+        customer_id: customer.into(),
+        status: if refunded > 0 { "REFUNDED" } else { "PAID" }.into(),
+        payable_fen: fen,
+        goods_fen: fen,
+        refunded_fen: refunded,
+        pay_time: Some(ago(60)),
+        ..Default::default()
+    };
+    // Per customer: created; P paid 100 元, then 40 元 refunded; Q paid
+    // 30 元, then reviewed.
+    let events = |customer: &str| {
+        let created = inbox.envelope(Payload::CustomerCreated(CustomerCreated {
+            customer_id: customer.into(),
+            buyer_nick: format!("nick-{customer}"),
+        }));
+        let paid_p = inbox.envelope(Payload::OrderPaid(OrderPaid {
+            order: Some(snapshot(customer, "P", 10_000, 0)),
+        }));
+        let paid_q = inbox.envelope(Payload::OrderPaid(OrderPaid {
+            order: Some(snapshot(customer, "Q", 3_000, 0)),
+        }));
+        let refund_p = inbox.envelope(Payload::OrderRefunded(OrderRefunded {
+            order: Some(snapshot(customer, "P", 10_000, 4_000)),
+            refund_no: "R1".into(),
+            amount_fen: 4_000,
+            ..Default::default()
+        }));
+        let review_q = inbox.envelope(Payload::OrderReviewed(OrderReviewed {
+            order: Some(snapshot(customer, "Q", 3_000, 0)),
+            rating: "GOOD".into(),
+            text_length: 12,
+        }));
+        (created, paid_p, paid_q, refund_p, review_q)
+    };
+    let (created, paid_p, paid_q, refund_p, review_q) = events("in-order");
+    let answer = inbox
+        .deliver(vec![created, paid_p, paid_q, refund_p, review_q])
+        .await;
+    assert_eq!(answer.applied_count, 5);
+    let (created, paid_p, paid_q, refund_p, review_q) = events("reordered");
+    let early = inbox.deliver(vec![created, refund_p, review_q]).await;
+    assert_eq!(early.applied_count, 3);
+    let late = inbox.deliver(vec![paid_p, paid_q]).await;
+    assert_eq!((late.applied_count, late.duplicate_count), (2, 0));
+
+    let mut standing = Vec::new();
+    for who in ["in-order", "reordered"] {
+        let m = front
+            .get_member(nick(&format!("nick-{who}")))
+            .await
+            .expect("member")
+            .into_inner()
+            .member
+            .expect("member");
+        let ledger = front
+            .list_ledger_entries(pb::ListLedgerEntriesRequest {
+                buyer_nick: format!("nick-{who}"),
+                ..Default::default()
+            })
+            .await
+            .expect("ledger")
+            .into_inner();
+        let mut kinds: Vec<(i32, i64)> =
+            ledger.entries.iter().map(|e| (e.kind, e.points)).collect();
+        kinds.sort();
+        assert_eq!(
+            ledger.entries.iter().map(|e| e.points).sum::<i64>(),
+            m.balance_points,
+            "{who}"
+        );
+        standing.push((m.balance_points, m.paid_order_count, m.tier_code, kinds));
+    }
+    // 100 + 30 earned, 40 of the 100 taken back, 20 for the review.
+    assert_eq!(standing[0].0, 100 + 30 - 40 + 20);
+    assert_eq!(standing[0], standing[1]);
     suite.stop().await;
 }
 

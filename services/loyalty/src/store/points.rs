@@ -61,6 +61,40 @@ impl Store {
         })
     }
 
+    /// The paid order a later change (refund, review) applies to, locked.
+    /// When the change arrives before the order's `order.paid` or
+    /// `order.imported` (the relay retries a failed delivery after later
+    /// events have gone, decision 0004), the payment is applied first from
+    /// the change's snapshot, as the order stood when paid: the change then
+    /// meets what it changes, and the late event finds the order known and
+    /// changes nothing. `None` for an order never paid.
+    async fn paid_order(
+        &self,
+        tx: &WriteTx,
+        shop_id: &str,
+        event_id: &str,
+        order: &OrderSnapshot,
+    ) -> Result<Option<OrderRow>, LoyaltyError> {
+        if let Some(row) = self.member_order(tx, shop_id, &order.order_id).await? {
+            return Ok(Some(row));
+        }
+        if order.pay_time.is_none() {
+            return Ok(None);
+        }
+        let when_paid = OrderSnapshot {
+            status: "PAID".into(),
+            refunded_fen: 0,
+            ..order.clone()
+        };
+        let arrival = super::batch::Arrival::Paid {
+            event_id,
+            order: &when_paid,
+            earn: !order.imported,
+        };
+        self.apply_arrivals(tx, shop_id, &[arrival]).await?;
+        self.member_order(tx, shop_id, &order.order_id).await
+    }
+
     /// An order was paid (or imported in a paid state, when `earn` is
     /// false: history counts for tiers but earns no points). Records it
     /// once, earns its points as pending until the return window closes,
@@ -91,9 +125,8 @@ impl Store {
         event_id: &str,
         order: &OrderSnapshot,
     ) -> Result<(), LoyaltyError> {
-        let Some(row) = self.member_order(tx, shop_id, &order.order_id).await? else {
-            // Refunded before loyalty saw it paid (or never paid): nothing
-            // was earned, nothing to take back.
+        let Some(row) = self.paid_order(tx, shop_id, event_id, order).await? else {
+            // Never paid: nothing was earned, nothing to take back.
             return Ok(());
         };
         let refunded = order.refunded_fen.max(row.refunded_fen);
@@ -167,7 +200,7 @@ impl Store {
         event_id: &str,
         order: &OrderSnapshot,
     ) -> Result<(), LoyaltyError> {
-        let Some(row) = self.member_order(tx, shop_id, &order.order_id).await? else {
+        let Some(row) = self.paid_order(tx, shop_id, event_id, order).await? else {
             return Ok(());
         };
         let (program, _) = self.load_program(&**tx, shop_id).await?;
