@@ -704,6 +704,129 @@ async fn order_events_send_shipping_notices_drop_paid_reminders_and_open_call_ta
     suite.stop().await;
 }
 
+/// Events the relay delivers late, after later ones (a failed delivery
+/// waits for its retry): a payment that arrives before the order's
+/// `order.created` leaves no 催付 reminder to a buyer who has paid, and a
+/// consent granted then withdrawn, delivered the other way round, stays
+/// withdrawn.
+#[tokio::test]
+async fn late_events_neither_remind_of_a_paid_order_nor_bring_back_a_withdrawn_consent() {
+    use huitou_proto::events::v1::event_envelope::Payload;
+    use huitou_proto::events::v1::{
+        CustomerCreated, CustomerUpdated, OrderClosed, OrderCreated, OrderPaid, OrderSnapshot,
+    };
+
+    let (suite, _sink) = start("notify-late").await;
+    let mut ops = suite.notifications(&suite.shop.operator);
+    set_policy(&mut ops, all_day()).await;
+    let reminder = create(
+        &mut ops,
+        sms(
+            "催付",
+            pb::MessageKind::Transactional,
+            "订单{{order_no}}还未付款",
+        ),
+    )
+    .await;
+    ops.set_trigger_rule(pb::SetTriggerRuleRequest {
+        rule: Some(pb::TriggerRule {
+            trigger: pb::Trigger::UnpaidReminder as i32,
+            template_id: reminder.id.clone(),
+            enabled: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("rule");
+    let sale = create(
+        &mut ops,
+        sms("上新", pb::MessageKind::Marketing, "新品上市，回T退订"),
+    )
+    .await;
+    let inbox = huitou_tests::Inbox::of(&suite, "notification");
+    let snapshot = |order_no: &str, paid: bool| OrderSnapshot {
+        order_id: format!("id-{order_no}"),
+        order_no: order_no.into(),
+        customer_id: "cust-late".into(),
+        status: if paid { "PAID" } else { "CREATED" }.into(),
+        payable_fen: 9_900,
+        create_time: Some(ago(120)),
+        pay_time: paid.then(|| ago(60)),
+        ..Default::default()
+    };
+    let created = |order_no: &str| {
+        inbox.envelope_at(
+            120,
+            Payload::OrderCreated(OrderCreated {
+                order: Some(snapshot(order_no, false)),
+            }),
+        )
+    };
+    inbox
+        .deliver(vec![inbox.envelope_at(
+            300,
+            Payload::CustomerCreated(CustomerCreated {
+                customer_id: "cust-late".into(),
+                buyer_nick: "tb_late".into(),
+            }),
+        )])
+        .await;
+    // L-1 paid and L-2 closed, each delivered before its creation; L-3
+    // created in order, and still unpaid.
+    let settled = inbox
+        .deliver(vec![
+            inbox.envelope_at(
+                60,
+                Payload::OrderPaid(OrderPaid {
+                    order: Some(snapshot("L-1", true)),
+                }),
+            ),
+            inbox.envelope_at(
+                30,
+                Payload::OrderClosed(OrderClosed {
+                    order: Some(snapshot("L-2", false)),
+                }),
+            ),
+        ])
+        .await;
+    assert_eq!(settled.applied_count, 2);
+    let late = inbox
+        .deliver(vec![created("L-1"), created("L-2"), created("L-3")])
+        .await;
+    assert_eq!(late.applied_count, 3);
+    let messages = list_until(&mut ops, "cust-late", |ms| !ms.is_empty()).await;
+    let reminded: Vec<&str> = messages
+        .iter()
+        .filter(|m| m.origin == "event:unpaid_reminder")
+        .map(|m| m.text.as_str())
+        .collect();
+    assert_eq!(reminded, vec!["【回头客】订单L-3还未付款"], "{messages:#?}");
+
+    // Consent granted 20 s ago and withdrawn 10 s ago, delivered the other
+    // way round.
+    let profile = |seconds_ago: i64, consented: &[&str]| {
+        inbox.envelope_at(
+            seconds_ago,
+            Payload::CustomerUpdated(CustomerUpdated {
+                customer_id: "cust-late".into(),
+                changed_fields: vec!["consent.sms".into()],
+                consented_channels: consented.iter().map(|c| (*c).to_owned()).collect(),
+                ..Default::default()
+            }),
+        )
+    };
+    inbox.deliver(vec![profile(10, &[])]).await;
+    inbox.deliver(vec![profile(20, &["sms"])]).await;
+    let m = send(&mut ops, "cust-late", &sale.id, &[]).await;
+    let m = until(&mut ops, &m.id, is_final).await;
+    assert_eq!(
+        (m.status, m.status_reason.as_str()),
+        (SUPPRESSED, "NO_CONSENT")
+    );
+    suite.stop().await;
+}
+
 async fn list_until(
     client: &mut Notifications,
     customer: &str,

@@ -110,7 +110,9 @@ impl NotificationEvents {
             }
             Some(Payload::OrderCreated(o)) => {
                 let Some(order) = &o.order else { return Ok(()) };
-                if order.pay_time.is_some() {
+                if order.pay_time.is_some()
+                    || store.order_settled(tx, shop, &order.order_no).await?
+                {
                     return Ok(());
                 }
                 let settings = store.shop_settings(shop).await?;
@@ -132,12 +134,12 @@ impl NotificationEvents {
             }
             Some(Payload::OrderPaid(o)) => {
                 if let Some(order) = &o.order {
-                    store.drop_reminders(tx, shop, &order.order_no).await?;
+                    self.settle(tx, shop, &order.order_no).await?;
                 }
             }
             Some(Payload::OrderClosed(o)) => {
                 if let Some(order) = &o.order {
-                    store.drop_reminders(tx, shop, &order.order_no).await?;
+                    self.settle(tx, shop, &order.order_no).await?;
                 }
             }
             Some(Payload::OrderShipped(o)) => {
@@ -222,6 +224,25 @@ impl NotificationEvents {
     /// Sends the rule's template for `trigger`, once per event, `delay`
     /// after `at`; opens a call task when the rule asks for one. A rule
     /// naming a missing or paused template is logged and skipped.
+    /// An order paid or closed: no payment reminder for it, now or when a
+    /// late `order.created` arrives.
+    async fn settle(
+        &self,
+        tx: &WriteTx,
+        shop: &str,
+        order_no: &str,
+    ) -> Result<(), NotificationError> {
+        let may_remind = self
+            .store
+            .trigger_rule(&**tx, shop, pb::Trigger::UnpaidReminder)
+            .await?
+            .is_some();
+        self.store
+            .settle_order(tx, shop, order_no, may_remind)
+            .await?;
+        Ok(())
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn fire(
         &self,

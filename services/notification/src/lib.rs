@@ -378,6 +378,11 @@ impl NotificationService {
                 if let Err(e) = huitou_storage::idempotency::sweep(&store.db, retention).await {
                     tracing::warn!(error = %e, "idempotency sweep failed");
                 }
+                // Far beyond the relay's retries (50 attempts, at most 5 min apart).
+                let settled = Duration::from_secs(7 * 24 * 3600);
+                if let Err(e) = store.forget_settled_orders(settled).await {
+                    tracing::warn!(error = %e, "settled orders sweep failed");
+                }
                 tokio::select! {
                     _ = stop_sweep.wait_for(|s| *s) => return,
                     _ = tokio::time::sleep(Duration::from_secs(300)) => {}

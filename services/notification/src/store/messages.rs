@@ -2,6 +2,7 @@
 //! receipts and per-template counts.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use chrono::Datelike;
 use huitou_proto::notification::v1 as pb;
@@ -619,6 +620,70 @@ impl Store {
             .iter()
             .map(|r| MessageRow::from_query_result(r, ""))
             .collect::<Result<_, _>>()?)
+    }
+
+    /// An order was paid or closed: its unsent payment reminders are
+    /// dropped. With `may_remind` (the shop reminds of unpaid orders) and
+    /// no reminder for the order at all, its `order.created` may still be
+    /// on its way, delivered after this event: the order is marked settled
+    /// so that no reminder is scheduled when it comes. Reminders dropped.
+    pub async fn settle_order(
+        &self,
+        tx: &WriteTx,
+        shop_id: &str,
+        order_no: &str,
+        may_remind: bool,
+    ) -> Result<u64, NotificationError> {
+        let dropped = self.drop_reminders(tx, shop_id, order_no).await?;
+        if dropped > 0 || !may_remind {
+            return Ok(dropped);
+        }
+        let reminded = tx
+            .query_all(
+                "SELECT 1 FROM messages WHERE shop_id = $1 AND order_no = $2
+                 AND origin = 'event:unpaid_reminder' LIMIT 1",
+                vec![shop_id.into(), order_no.into()],
+            )
+            .await?;
+        if reminded.is_empty() {
+            tx.execute(
+                "INSERT INTO settled_orders (shop_id, order_no, settled_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (shop_id, order_no) DO NOTHING",
+                vec![shop_id.into(), order_no.into(), now_micros().into()],
+            )
+            .await?;
+        }
+        Ok(dropped)
+    }
+
+    /// Whether the order was paid or closed before its `order.created`
+    /// arrived (see [`Store::settle_order`]).
+    pub async fn order_settled(
+        &self,
+        tx: &WriteTx,
+        shop_id: &str,
+        order_no: &str,
+    ) -> Result<bool, NotificationError> {
+        let found = tx
+            .query_all(
+                "SELECT 1 FROM settled_orders WHERE shop_id = $1 AND order_no = $2",
+                vec![shop_id.into(), order_no.into()],
+            )
+            .await?;
+        Ok(!found.is_empty())
+    }
+
+    /// Forgets settled marks older than `age`: an `order.created` held
+    /// back longer than that by the relay's retries is not expected.
+    pub async fn forget_settled_orders(&self, age: Duration) -> Result<u64, NotificationError> {
+        let cutoff = now_micros() - age.as_micros() as i64;
+        Ok(self
+            .db
+            .execute(
+                "DELETE FROM settled_orders WHERE settled_at < $1",
+                vec![cutoff.into()],
+            )
+            .await?)
     }
 
     /// Drops the unsent payment reminders of an order (paid or closed).

@@ -220,19 +220,29 @@ impl Store {
                 let rows = tx
                     .query_all(
                         &format!(
-                            "SELECT opted_out, opted_out_at FROM recipients WHERE shop_id = $1 AND customer_id = $2{}",
+                            "SELECT opted_out, opted_out_at, profile_at, erased FROM recipients
+                             WHERE shop_id = $1 AND customer_id = $2{}",
                             self.for_update()
                         ),
                         vec![shop_id.into(), customer_id.into()],
                     )
                     .await?;
-                let (mut opted_out, opted_out_at) = match rows.first() {
+                let (mut opted_out, opted_out_at, profile_at, erased) = match rows.first() {
                     Some(r) => (
                         r.try_get::<String>("", "opted_out")?,
                         r.try_get::<i64>("", "opted_out_at")?,
+                        r.try_get::<i64>("", "profile_at")?,
+                        r.try_get::<i32>("", "erased")? != 0,
                     ),
-                    None => (",".to_owned(), 0),
+                    None => (",".to_owned(), 0, 0, false),
                 };
+                // Each update carries the whole profile: one older than the
+                // profile held arrived late (the relay retried it after later
+                // ones went) and would bring back a withdrawn consent. After
+                // an erasure nothing of the profile is kept again.
+                if at < profile_at || erased {
+                    return Ok(());
+                }
                 // Consent granted again after an opt-out lifts it; an older
                 // event does not.
                 if at > opted_out_at {
@@ -250,7 +260,7 @@ impl Store {
                 };
                 tx.execute(
                     "UPDATE recipients SET known = 1, consents = $4, opted_out = $5,
-                         birthday_month = $6, birthday_day = $7, updated_at = $3
+                         birthday_month = $6, birthday_day = $7, profile_at = $8, updated_at = $3
                      WHERE shop_id = $1 AND customer_id = $2",
                     vec![
                         shop_id.into(),
@@ -260,6 +270,7 @@ impl Store {
                         opted_out.into(),
                         birthday_month.into(),
                         birthday_day.into(),
+                        at.into(),
                     ],
                 )
                 .await?;

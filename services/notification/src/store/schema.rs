@@ -143,6 +143,23 @@ const OPT_OUT_SYNC: SqlMigration = SqlMigration {
     ],
 };
 
+// Events that arrive after later ones (the relay retries a failed delivery
+// while later rows go, decision 0004): the time of the profile held, so an
+// older `customer.updated` is ignored, and orders paid or closed before
+// their `order.created` arrived, so no payment reminder is scheduled then.
+const LATE_EVENTS: SqlMigration = SqlMigration {
+    name: "m20261124_000042_notification_late_events",
+    statements: &[
+        "ALTER TABLE recipients ADD COLUMN profile_at BIGINT NOT NULL DEFAULT 0",
+        "CREATE TABLE settled_orders (
+            shop_id TEXT NOT NULL,
+            order_no TEXT NOT NULL,
+            settled_at BIGINT NOT NULL,
+            PRIMARY KEY (shop_id, order_no)
+        )",
+    ],
+};
+
 /// The notification service's migrations, in order.
 pub struct Migrator;
 
@@ -153,6 +170,7 @@ impl MigratorTrait for Migrator {
             Box::new(NOTIFICATION_TABLES),
             Box::new(OPT_OUT_SYNC),
             Box::new(OUTBOX_BATCHES),
+            Box::new(LATE_EVENTS),
         ]
     }
 }
