@@ -419,3 +419,81 @@ pub fn race_rounds(default: usize) -> usize {
         .and_then(|v| v.parse::<usize>().ok())
         .map_or(default, |r| r.max(1))
 }
+
+/// A service's event inbox, called as another service's relay calls it:
+/// events delivered in whatever order a test needs.
+pub struct Inbox {
+    client: huitou_proto::events::v1::event_consumer_service_client::EventConsumerServiceClient<
+        tonic::service::interceptor::InterceptedService<
+            Channel,
+            huitou_runtime::client::InternalCredential,
+        >,
+    >,
+    shop: String,
+    consumer: &'static str,
+}
+
+impl Inbox {
+    /// The inbox of `consumer` ("loyalty", "coupon", "notification") in
+    /// the suite, for its shop.
+    pub fn of(suite: &TestSuite, consumer: &'static str) -> Self {
+        use huitou_proto::events::v1::event_consumer_service_client::EventConsumerServiceClient;
+        Self {
+            client: EventConsumerServiceClient::with_interceptor(
+                suite.channel(),
+                huitou_runtime::client::InternalCredential::new(&SecretString::from(
+                    INTERNAL_TOKEN,
+                ))
+                .expect("credential"),
+            ),
+            shop: suite.shop.shop_id.clone(),
+            consumer,
+        }
+    }
+
+    /// An event of the shop, with a new id, that occurred `seconds_ago`.
+    pub fn envelope_at(
+        &self,
+        seconds_ago: i64,
+        payload: huitou_proto::events::v1::event_envelope::Payload,
+    ) -> huitou_proto::events::v1::EventEnvelope {
+        huitou_proto::events::v1::EventEnvelope {
+            event_id: uuid::Uuid::now_v7().to_string(),
+            shop_id: self.shop.clone(),
+            occur_time: Some(ago(seconds_ago)),
+            source_service: "customer".into(),
+            payload: Some(payload),
+            ..Default::default()
+        }
+    }
+
+    /// An event of the shop, with a new id, that occurred 10 s ago.
+    pub fn envelope(
+        &self,
+        payload: huitou_proto::events::v1::event_envelope::Payload,
+    ) -> huitou_proto::events::v1::EventEnvelope {
+        self.envelope_at(10, payload)
+    }
+
+    /// Delivers `events` in one call, in the order given.
+    pub async fn deliver(
+        &self,
+        events: Vec<huitou_proto::events::v1::EventEnvelope>,
+    ) -> huitou_proto::events::v1::DeliverEventsResponse {
+        use huitou_proto::events::v1::DeliverEventsRequest;
+        let mut request =
+            huitou_runtime::client::for_shop(&self.shop, DeliverEventsRequest { events })
+                .expect("request");
+        // The suite serves several inboxes: the header picks one.
+        request.metadata_mut().insert(
+            huitou_storage::inbox::CONSUMER_HEADER,
+            self.consumer.parse().expect("metadata"),
+        );
+        self.client
+            .clone()
+            .deliver_events(request)
+            .await
+            .expect("deliver")
+            .into_inner()
+    }
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 use huitou_loyalty::domain::DAY_MICROS;
 use huitou_proto::customer::v1 as cpb;
 use huitou_proto::loyalty::v1 as pb;
-use huitou_tests::{Loyalty, TestSuite, ago, bad_fields, reason};
+use huitou_tests::{Inbox, Loyalty, TestSuite, ago, bad_fields, reason};
 use tonic::Code;
 
 fn paid_order(order_no: &str, nick: &str, sku: &str, fen: i64) -> cpb::RecordOrderRequest {
@@ -482,69 +482,6 @@ async fn the_review_run_expires_points_warns_and_drops_tiers_after_grace() {
     suite.stop().await;
 }
 
-/// Loyalty's event inbox, called as the customer service's relay calls it.
-struct Inbox {
-    client: huitou_proto::events::v1::event_consumer_service_client::EventConsumerServiceClient<
-        tonic::service::interceptor::InterceptedService<
-            tonic::transport::Channel,
-            huitou_runtime::client::InternalCredential,
-        >,
-    >,
-    shop: String,
-}
-
-impl Inbox {
-    fn of(suite: &TestSuite) -> Self {
-        use huitou_proto::events::v1::event_consumer_service_client::EventConsumerServiceClient;
-        use huitou_runtime::client::InternalCredential;
-        use secrecy::SecretString;
-        Self {
-            client: EventConsumerServiceClient::with_interceptor(
-                suite.channel(),
-                InternalCredential::new(&SecretString::from(huitou_tests::INTERNAL_TOKEN))
-                    .expect("credential"),
-            ),
-            shop: suite.shop.shop_id.clone(),
-        }
-    }
-
-    /// An event of the shop, new id.
-    fn envelope(
-        &self,
-        payload: huitou_proto::events::v1::event_envelope::Payload,
-    ) -> huitou_proto::events::v1::EventEnvelope {
-        huitou_proto::events::v1::EventEnvelope {
-            event_id: uuid::Uuid::now_v7().to_string(),
-            shop_id: self.shop.clone(),
-            occur_time: Some(ago(10)),
-            source_service: "customer".into(),
-            payload: Some(payload),
-            ..Default::default()
-        }
-    }
-
-    async fn deliver(
-        &self,
-        events: Vec<huitou_proto::events::v1::EventEnvelope>,
-    ) -> huitou_proto::events::v1::DeliverEventsResponse {
-        use huitou_proto::events::v1::DeliverEventsRequest;
-        let mut request =
-            huitou_runtime::client::for_shop(&self.shop, DeliverEventsRequest { events })
-                .expect("request");
-        // The suite serves several inboxes: the header picks loyalty's.
-        request.metadata_mut().insert(
-            huitou_storage::inbox::CONSUMER_HEADER,
-            "loyalty".parse().expect("metadata"),
-        );
-        self.client
-            .clone()
-            .deliver_events(request)
-            .await
-            .expect("deliver")
-            .into_inner()
-    }
-}
-
 #[tokio::test]
 async fn a_redelivered_batch_changes_nothing_and_a_mixed_one_applies_only_the_new() {
     use huitou_proto::events::v1::event_envelope::Payload;
@@ -552,7 +489,7 @@ async fn a_redelivered_batch_changes_nothing_and_a_mixed_one_applies_only_the_ne
 
     let suite = TestSuite::start("loyalty-redeliver").await;
     let mut front = suite.loyalty(&suite.shop.storefront);
-    let inbox = Inbox::of(&suite);
+    let inbox = Inbox::of(&suite, "loyalty");
     let envelope = |payload| inbox.envelope(payload);
     let paid = |order: &str, fen: i64| {
         Payload::OrderPaid(OrderPaid {
@@ -638,7 +575,7 @@ async fn a_refund_or_review_before_its_payment_ends_as_in_order() {
 
     let suite = TestSuite::start("loyalty-reordered").await;
     let mut front = suite.loyalty(&suite.shop.storefront);
-    let inbox = Inbox::of(&suite);
+    let inbox = Inbox::of(&suite, "loyalty");
     let snapshot = |customer: &str, order: &str, fen: i64, refunded: i64| OrderSnapshot {
         order_id: format!("id-{customer}-{order}"),
         order_no: format!("{customer}-{order}"),
@@ -651,7 +588,7 @@ async fn a_refund_or_review_before_its_payment_ends_as_in_order() {
         ..Default::default()
     };
     // Per customer: created; P paid 100 元, then 40 元 refunded; Q paid
-    // 30 元, then reviewed.
+    // 30 元, then reviewed; S paid 20 元, reviewed, then wholly refunded.
     let events = |customer: &str| {
         let created = inbox.envelope(Payload::CustomerCreated(CustomerCreated {
             customer_id: customer.into(),
@@ -674,18 +611,42 @@ async fn a_refund_or_review_before_its_payment_ends_as_in_order() {
             rating: "GOOD".into(),
             text_length: 12,
         }));
-        (created, paid_p, paid_q, refund_p, review_q)
+        let paid_s = inbox.envelope(Payload::OrderPaid(OrderPaid {
+            order: Some(snapshot(customer, "S", 2_000, 0)),
+        }));
+        let review_s = inbox.envelope(Payload::OrderReviewed(OrderReviewed {
+            order: Some(snapshot(customer, "S", 2_000, 0)),
+            rating: "GOOD".into(),
+            text_length: 8,
+        }));
+        let refund_s = inbox.envelope(Payload::OrderRefunded(OrderRefunded {
+            order: Some(snapshot(customer, "S", 2_000, 2_000)),
+            refund_no: "R2".into(),
+            amount_fen: 2_000,
+            ..Default::default()
+        }));
+        [
+            created, paid_p, paid_q, refund_p, review_q, paid_s, review_s, refund_s,
+        ]
     };
-    let (created, paid_p, paid_q, refund_p, review_q) = events("in-order");
-    let answer = inbox
-        .deliver(vec![created, paid_p, paid_q, refund_p, review_q])
+    let answer = inbox.deliver(events("in-order").to_vec()).await;
+    assert_eq!(answer.applied_count, 8);
+    let [
+        created,
+        paid_p,
+        paid_q,
+        refund_p,
+        review_q,
+        paid_s,
+        review_s,
+        refund_s,
+    ] = events("reordered");
+    let early = inbox
+        .deliver(vec![created, refund_p, review_q, refund_s, review_s])
         .await;
-    assert_eq!(answer.applied_count, 5);
-    let (created, paid_p, paid_q, refund_p, review_q) = events("reordered");
-    let early = inbox.deliver(vec![created, refund_p, review_q]).await;
-    assert_eq!(early.applied_count, 3);
-    let late = inbox.deliver(vec![paid_p, paid_q]).await;
-    assert_eq!((late.applied_count, late.duplicate_count), (2, 0));
+    assert_eq!(early.applied_count, 5);
+    let late = inbox.deliver(vec![paid_p, paid_q, paid_s]).await;
+    assert_eq!((late.applied_count, late.duplicate_count), (3, 0));
 
     let mut standing = Vec::new();
     for who in ["in-order", "reordered"] {
@@ -714,8 +675,9 @@ async fn a_refund_or_review_before_its_payment_ends_as_in_order() {
         );
         standing.push((m.balance_points, m.paid_order_count, m.tier_code, kinds));
     }
-    // 100 + 30 earned, 40 of the 100 taken back, 20 for the review.
-    assert_eq!(standing[0].0, 100 + 30 - 40 + 20);
+    // 100 + 30 earned, 40 of the 100 taken back, 20 for Q's review; S's
+    // 20 earned and taken back, its review's 20 kept.
+    assert_eq!(standing[0].0, 100 + 30 - 40 + 20 + 20);
     assert_eq!(standing[0], standing[1]);
     suite.stop().await;
 }

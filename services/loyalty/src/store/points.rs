@@ -205,7 +205,12 @@ impl Store {
         };
         let (program, _) = self.load_program(&**tx, shop_id).await?;
         let bonus = program.earning.review_points;
-        if row.reviewed != 0 || bonus == 0 || row.refunded_fen >= row.paid_fen {
+        // Whether the order was wholly refunded when reviewed is the
+        // review's own snapshot: a refund delivered before the review
+        // (though made after it) must not take the bonus away.
+        let refunded_when_reviewed =
+            order.payable_fen > 0 && order.refunded_fen >= order.payable_fen;
+        if row.reviewed != 0 || bonus == 0 || refunded_when_reviewed {
             return Ok(());
         }
         let mut member = self
