@@ -52,6 +52,24 @@ pub(crate) const COLUMN_TYPES: [(&str, Col); 28] = [
     ("erased_at", Col::BigInt),
 ];
 
+/// The columns an order changes on a known buyer, with those a row cannot
+/// be proposed without (the upsert that writes them always finds the row:
+/// it is locked), for bulk writes of statistics alone.
+pub(crate) const STATS_COLUMN_TYPES: [(&str, Col); 12] = [
+    ("shop_id", Col::Text),
+    ("id", Col::Text),
+    ("buyer_nick", Col::Text),
+    ("order_count", Col::BigInt),
+    ("item_count", Col::BigInt),
+    ("spent_fen", Col::BigInt),
+    ("refunded_fen", Col::BigInt),
+    ("first_order_at", Col::BigInt),
+    ("last_order_at", Col::BigInt),
+    ("categories", Col::Text),
+    ("created_at", Col::BigInt),
+    ("updated_at", Col::BigInt),
+];
+
 #[derive(Debug, FromQueryResult)]
 struct CustomerRow {
     shop_id: String,
@@ -321,7 +339,7 @@ impl CustomerRecord {
         let consents: BTreeMap<String, &Consent> =
             c.consents.iter().map(|(k, v)| (k.to_string(), v)).collect();
         let sealed = |f: ContactField| Value::Bytes(self.sealed.get(&f).cloned());
-        vec![
+        [
             self.shop_id.clone().into(),
             c.id.clone().into(),
             c.buyer_nick.clone().into(),
@@ -337,20 +355,46 @@ impl CustomerRecord {
             c.birthday.map(|b| b.day).into(),
             c.gender.into(),
             c.region.clone().into(),
-            c.stats.order_count.into(),
-            c.stats.item_count.into(),
-            c.stats.spent_fen.into(),
-            c.stats.refunded_fen.into(),
-            c.stats.first_order_at.into(),
-            c.stats.last_order_at.into(),
-            to_json(&c.stats.categories).into(),
+        ]
+        .into_iter()
+        .chain(self.statistics())
+        .chain([
             to_json(&c.tags).into(),
             to_json(&c.attributes).into(),
             to_json(&consents).into(),
             c.created_at.into(),
             c.updated_at.into(),
             c.erased_at.into(),
+        ])
+        .collect()
+    }
+
+    /// The statistics columns, in row order (`order_count` … `categories`).
+    fn statistics(&self) -> [Value; 7] {
+        let s = &self.customer.stats;
+        [
+            s.order_count.into(),
+            s.item_count.into(),
+            s.spent_fen.into(),
+            s.refunded_fen.into(),
+            s.first_order_at.into(),
+            s.last_order_at.into(),
+            to_json(&s.categories).into(),
         ]
+    }
+
+    /// [`STATS_COLUMN_TYPES`]' values.
+    pub(crate) fn stats_values(&self) -> Vec<Value> {
+        let c = &self.customer;
+        [
+            self.shop_id.clone().into(),
+            c.id.clone().into(),
+            c.buyer_nick.clone().into(),
+        ]
+        .into_iter()
+        .chain(self.statistics())
+        .chain([c.created_at.into(), c.updated_at.into()])
+        .collect()
     }
 
     /// Inserts the customer.

@@ -240,6 +240,9 @@ impl Store {
                 _ => None,
             })
             .collect();
+        // Known buyers given a contact they lacked: their rows are written
+        // whole, like new buyers'; the others' statistics alone.
+        let mut contact_filled: HashSet<String> = HashSet::new();
         for mut row in fresh {
             let first_event = pending_events.len();
             let trace = row.trace.take();
@@ -258,6 +261,9 @@ impl Store {
                 sequence = buyer.customer.stats.order_count;
             }
             let filled = buyer.fill_missing(&self.vault, &row.receiver)?;
+            if !filled.is_empty() {
+                contact_filled.insert(row.order.buyer_nick.clone());
+            }
             match origin {
                 Origin::Import(import_id) => {
                     pending_events.push(events::order_imported(
@@ -296,28 +302,42 @@ impl Store {
             }
             written.orders.push(row.order);
         }
-        // Buyers, new and known, in one statement: a known buyer's id is
-        // taken, so its row is updated; a new one's is not.
-        let updates: Vec<String> = customers::COLUMN_TYPES
-            .iter()
-            .skip(2)
-            .map(|(c, _)| format!("{c} = excluded.{c}"))
-            .collect();
-        let buyer_rows: Vec<Vec<Value>> = buyers
-            .values_mut()
-            .map(|(record, _)| {
-                // Strictly increasing: the update time versions cache entries.
-                record.customer.updated_at = now.max(record.customer.updated_at + 1);
-                record.values()
-            })
-            .collect();
+        // Buyers in the same statement: rows written whole (new buyers, and
+        // known ones given a contact) and known buyers' statistics alone,
+        // a third of the columns and none of the sealed contacts, tags or
+        // consents to encode again. Both are upserts on the id: a known
+        // buyer's is taken (and locked), so its row is updated.
+        let (mut whole_rows, mut stats_rows) = (Vec::new(), Vec::new());
+        for (nick, (record, created)) in buyers.iter_mut() {
+            // Strictly increasing: the update time versions cache entries.
+            record.customer.updated_at = now.max(record.customer.updated_at + 1);
+            if *created || contact_filled.contains(nick) {
+                whole_rows.push(record.values());
+            } else {
+                stats_rows.push(record.stats_values());
+            }
+        }
+        let set_excluded = |columns: &[(&str, bulk::Col)], skip: &[&str]| {
+            let set: Vec<String> = columns
+                .iter()
+                .filter(|(c, _)| !skip.contains(c))
+                .map(|(c, _)| format!("{c} = excluded.{c}"))
+                .collect();
+            format!("ON CONFLICT (shop_id, id) DO UPDATE SET {}", set.join(", "))
+        };
         writes.add(
             "customers",
             &customers::COLUMN_TYPES,
-            buyer_rows,
-            format!(
-                "ON CONFLICT (shop_id, id) DO UPDATE SET {}",
-                updates.join(", ")
+            whole_rows,
+            set_excluded(&customers::COLUMN_TYPES, &["shop_id", "id"]),
+        );
+        writes.add(
+            "customers",
+            &customers::STATS_COLUMN_TYPES,
+            stats_rows,
+            set_excluded(
+                &customers::STATS_COLUMN_TYPES,
+                &["shop_id", "id", "buyer_nick", "created_at"],
             ),
         );
         writes.add(
