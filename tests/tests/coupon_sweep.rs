@@ -47,9 +47,9 @@ async fn template(store: &Store, name: &str) -> huitou_coupon::template::Templat
     t
 }
 
-#[tokio::test]
-async fn reminders_once_then_expiry_and_birthdays_once_a_year() {
-    let db = TestDatabase::new("coupon-sweep").await;
+/// A coupon service's store on a fresh database.
+async fn open(label: &str) -> (TestDatabase, Store) {
+    let db = TestDatabase::new(label).await;
     let service = CouponService::open(
         &CouponConfig {
             database: db.config.clone(),
@@ -60,6 +60,12 @@ async fn reminders_once_then_expiry_and_birthdays_once_a_year() {
     .await
     .expect("open");
     let store = service.store.clone();
+    (db, store)
+}
+
+#[tokio::test]
+async fn reminders_once_then_expiry_and_birthdays_once_a_year() {
+    let (db, store) = open("coupon-sweep").await;
     let t = template(&store, "五元券").await;
     // 2026-03-10 12:00 UTC (20:00 in Shanghai).
     let issued_at = 1_773_144_000_000_000;
@@ -204,10 +210,28 @@ async fn reminders_once_then_expiry_and_birthdays_once_a_year() {
                         .await?;
                     // 20:00 UTC on 10 March is already 11 March in Shanghai.
                     store
-                        .change_buyer(tx, SHOP, "born-0311", BuyerChange::Birthday(3, 11))
+                        .change_buyer(
+                            tx,
+                            SHOP,
+                            "born-0311",
+                            BuyerChange::Birthday {
+                                month: 3,
+                                day: 11,
+                                at: 1,
+                            },
+                        )
                         .await?;
                     store
-                        .change_buyer(tx, SHOP, "born-0310", BuyerChange::Birthday(3, 10))
+                        .change_buyer(
+                            tx,
+                            SHOP,
+                            "born-0310",
+                            BuyerChange::Birthday {
+                                month: 3,
+                                day: 10,
+                                at: 1,
+                            },
+                        )
                         .await
                 })
             }
@@ -244,6 +268,98 @@ async fn reminders_once_then_expiry_and_birthdays_once_a_year() {
             .expect("next year"),
         1
     );
+    store.db.clone().close().await;
+    db.cleanup().await;
+}
+
+/// Tier and profile changes the relay delivers late, after newer ones: the
+/// newer tier stays, an older birthday does not overwrite a newer one, and
+/// nothing brings a birthday back after an erasure (no birthday coupon for
+/// an erased customer).
+#[tokio::test]
+async fn late_tier_and_profile_changes_do_not_undo_newer_ones_or_an_erasure() {
+    let (db, store) = open("coupon-late").await;
+    let apply = |customer: &'static str, changes: Vec<BuyerChange<'static>>| {
+        let store = store.clone();
+        async move {
+            store
+                .transaction(move |tx, store| {
+                    let changes = changes.clone();
+                    Box::pin(async move {
+                        for change in changes {
+                            store.change_buyer(tx, SHOP, customer, change).await?;
+                        }
+                        Ok(())
+                    })
+                })
+                .await
+                .expect("changes");
+            store
+                .buyer(store.db.conn(), SHOP, customer)
+                .await
+                .expect("buyer")
+        }
+    };
+    use BuyerChange::{Birthday, Erased, Tier};
+    // GOLD at 200, then PLATINUM at 300, delivered the other way round.
+    let b = apply(
+        "tiered",
+        vec![
+            Tier {
+                code: "PLATINUM",
+                at: 300,
+            },
+            Tier {
+                code: "GOLD",
+                at: 200,
+            },
+        ],
+    )
+    .await;
+    assert_eq!(b.tier_code, "PLATINUM");
+    // The birthday set to 5 May at 200, corrected to 6 May at 300, late.
+    let b = apply(
+        "born",
+        vec![
+            Birthday {
+                month: 5,
+                day: 6,
+                at: 300,
+            },
+            Birthday {
+                month: 5,
+                day: 5,
+                at: 200,
+            },
+        ],
+    )
+    .await;
+    assert_eq!((b.birthday_month, b.birthday_day), (5, 6));
+    // Erased, then a profile from before the erasure arrives, and one
+    // claiming to be later: the birthday stays forgotten.
+    let b = apply(
+        "erased",
+        vec![
+            Birthday {
+                month: 3,
+                day: 11,
+                at: 100,
+            },
+            Erased,
+            Birthday {
+                month: 3,
+                day: 11,
+                at: 90,
+            },
+            Birthday {
+                month: 3,
+                day: 11,
+                at: 500,
+            },
+        ],
+    )
+    .await;
+    assert_eq!((b.birthday_month, b.birthday_day), (0, 0));
     store.db.clone().close().await;
     db.cleanup().await;
 }

@@ -62,6 +62,17 @@ const CONSUMED_COLUMNS: [(&str, Col); 4] = [
     ("consumed_at", Col::BigInt),
 ];
 
+/// When `event` happened (µs), by its producer's clock; now when it does
+/// not say. Consumers compare it to the time of what they hold, since the
+/// relay may deliver an older event after a newer one (decision 0004).
+pub fn occurred_at(event: &EventEnvelope) -> i64 {
+    event
+        .occur_time
+        .as_ref()
+        .and_then(huitou_proto::micros_from_timestamp)
+        .unwrap_or_else(now_micros)
+}
+
 /// Records `event_id` as consumed in `tx`; false when it already was.
 pub async fn first_delivery(
     tx: &WriteTx,

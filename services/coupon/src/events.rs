@@ -134,13 +134,17 @@ impl CouponEvents {
                         tx,
                         shop,
                         &c.customer_id,
-                        BuyerChange::Birthday(c.birthday_month, c.birthday_day),
+                        BuyerChange::Birthday {
+                            month: c.birthday_month,
+                            day: c.birthday_day,
+                            at: huitou_storage::inbox::occurred_at(event),
+                        },
                     )
                     .await?;
             }
             Some(Payload::CustomerErased(c)) => {
                 store
-                    .change_buyer(tx, shop, &c.customer_id, BuyerChange::Birthday(0, 0))
+                    .change_buyer(tx, shop, &c.customer_id, BuyerChange::Erased)
                     .await?;
             }
             Some(Payload::RewardExchanged(r)) if r.reward_kind == "COUPON" => {
@@ -148,7 +152,15 @@ impl CouponEvents {
             }
             Some(Payload::TierChanged(t)) => {
                 store
-                    .change_buyer(tx, shop, &t.customer_id, BuyerChange::Tier(&t.to_tier_code))
+                    .change_buyer(
+                        tx,
+                        shop,
+                        &t.customer_id,
+                        BuyerChange::Tier {
+                            code: &t.to_tier_code,
+                            at: huitou_storage::inbox::occurred_at(event),
+                        },
+                    )
                     .await?;
                 if t.upgrade {
                     self.fire(

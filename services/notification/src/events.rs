@@ -12,8 +12,8 @@ use huitou_proto::micros_from_timestamp;
 use huitou_proto::notification::v1 as pb;
 use huitou_runtime::Failure;
 use huitou_runtime::auth::BoxFuture;
+use huitou_storage::WriteTx;
 use huitou_storage::inbox::EventHandler;
-use huitou_storage::{WriteTx, now_micros};
 
 use crate::error::NotificationError;
 use crate::store::Store;
@@ -70,11 +70,7 @@ impl NotificationEvents {
     ) -> Result<(), NotificationError> {
         let store = &self.store;
         let shop = event.shop_id.as_str();
-        let at = event
-            .occur_time
-            .as_ref()
-            .and_then(micros_from_timestamp)
-            .unwrap_or_else(now_micros);
+        let at = huitou_storage::inbox::occurred_at(event);
         match &event.payload {
             Some(Payload::CustomerCreated(c)) => {
                 store

@@ -30,10 +30,26 @@ pub enum BuyerChange<'a> {
         /// 1 for the first paid order, 2 for the second…; 0 when unknown.
         sequence: i64,
     },
-    /// A new tier.
-    Tier(&'a str),
-    /// A birthday (0, 0 to forget it).
-    Birthday(i32, i32),
+    /// A new tier, decided at `at` (µs). A change older than the tier held
+    /// arrived late (the relay retried it after later ones) and is ignored.
+    Tier {
+        /// The tier's code.
+        code: &'a str,
+        /// When loyalty decided it.
+        at: i64,
+    },
+    /// The birthday in the customer's profile as of `at` (µs); 0, 0 when
+    /// unknown. Older profiles, and any after an erasure, are ignored.
+    Birthday {
+        /// Month, 1-12, or 0.
+        month: i32,
+        /// Day, 1-31, or 0.
+        day: i32,
+        /// When the profile changed.
+        at: i64,
+    },
+    /// The customer was erased: the birthday is forgotten for good.
+    Erased,
 }
 
 impl Store {
@@ -75,17 +91,42 @@ impl Store {
                  SET paid_orders = CASE WHEN $3 > 0 THEN MAX(buyers.paid_orders, $3) ELSE buyers.paid_orders + 1 END",
                 sequence.into(),
             ),
-            BuyerChange::Tier(code) => (
-                "INSERT INTO buyers (shop_id, customer_id, tier_code) VALUES ($1, $2, $3)
-                 ON CONFLICT (shop_id, customer_id) DO UPDATE SET tier_code = excluded.tier_code",
-                code.into(),
-            ),
-            BuyerChange::Birthday(month, day) => {
+            BuyerChange::Tier { code, at } => {
                 tx.execute(
-                    "INSERT INTO buyers (shop_id, customer_id, birthday_month, birthday_day) VALUES ($1, $2, $3, $4)
+                    "INSERT INTO buyers (shop_id, customer_id, tier_code, tier_at) VALUES ($1, $2, $3, $4)
                      ON CONFLICT (shop_id, customer_id) DO UPDATE
-                     SET birthday_month = excluded.birthday_month, birthday_day = excluded.birthday_day",
-                    vec![shop_id.into(), customer_id.into(), month.into(), day.into()],
+                     SET tier_code = excluded.tier_code, tier_at = excluded.tier_at
+                     WHERE buyers.tier_at <= excluded.tier_at",
+                    vec![shop_id.into(), customer_id.into(), code.into(), at.into()],
+                )
+                .await?;
+                return Ok(());
+            }
+            BuyerChange::Birthday { month, day, at } => {
+                tx.execute(
+                    "INSERT INTO buyers (shop_id, customer_id, birthday_month, birthday_day, profile_at)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (shop_id, customer_id) DO UPDATE
+                     SET birthday_month = excluded.birthday_month, birthday_day = excluded.birthday_day,
+                         profile_at = excluded.profile_at
+                     WHERE buyers.profile_at <= excluded.profile_at AND buyers.erased = 0",
+                    vec![
+                        shop_id.into(),
+                        customer_id.into(),
+                        month.into(),
+                        day.into(),
+                        at.into(),
+                    ],
+                )
+                .await?;
+                return Ok(());
+            }
+            BuyerChange::Erased => {
+                tx.execute(
+                    "INSERT INTO buyers (shop_id, customer_id, erased) VALUES ($1, $2, 1)
+                     ON CONFLICT (shop_id, customer_id) DO UPDATE
+                     SET erased = 1, birthday_month = 0, birthday_day = 0",
+                    vec![shop_id.into(), customer_id.into()],
                 )
                 .await?;
                 return Ok(());

@@ -141,6 +141,19 @@ const COUPON_VERSIONS_HOT: SqlMigration = SqlMigration {
     ],
 };
 
+// Events that arrive after later ones (the relay retries a failed delivery
+// while later rows go, decision 0004): the times of the tier and profile
+// held, so older changes are ignored, and erasure, which no later profile
+// undoes.
+const BUYERS_LATE_EVENTS: SqlMigration = SqlMigration {
+    name: "m20261124_000033_coupon_buyers_late_events",
+    statements: &[
+        "ALTER TABLE buyers ADD COLUMN tier_at BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE buyers ADD COLUMN profile_at BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE buyers ADD COLUMN erased INTEGER NOT NULL DEFAULT 0",
+    ],
+};
+
 /// The coupon service's migrations, in order.
 pub struct Migrator;
 
@@ -151,6 +164,7 @@ impl MigratorTrait for Migrator {
             Box::new(COUPON_TABLES),
             Box::new(COUPON_VERSIONS_HOT),
             Box::new(OUTBOX_BATCHES),
+            Box::new(BUYERS_LATE_EVENTS),
         ]
     }
 }
