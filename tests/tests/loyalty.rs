@@ -874,3 +874,111 @@ async fn only_huitou_services_may_check_api_keys() {
     assert_eq!(err.code(), Code::PermissionDenied);
     suite.stop().await;
 }
+
+/// Profile events the relay delivers late: a birthday sent before the
+/// member's `customer.created` still earns the birthday-month bonus, and an
+/// erasure delivered before the creation keeps the real nick from coming
+/// back.
+#[tokio::test]
+async fn a_birthday_or_an_erasure_before_the_customers_creation_is_kept() {
+    use chrono::Datelike;
+    use huitou_proto::events::v1::event_envelope::Payload;
+    use huitou_proto::events::v1::{
+        CustomerCreated, CustomerErased, CustomerUpdated, OrderPaid, OrderSnapshot,
+    };
+
+    let suite = TestSuite::start("loyalty-late-profile").await;
+    let mut front = suite.loyalty(&suite.shop.operator);
+    let inbox = Inbox::of(&suite, "loyalty");
+    // This month in the shop's time zone (Asia/Shanghai, UTC+8).
+    let month = (chrono::Utc::now() + chrono::Duration::hours(8)).month() as i32;
+    let created = |customer: &str| {
+        inbox.envelope_at(
+            30,
+            Payload::CustomerCreated(CustomerCreated {
+                customer_id: customer.into(),
+                buyer_nick: format!("tb_{customer}"),
+            }),
+        )
+    };
+    let birthday = |customer: &str| {
+        inbox.envelope_at(
+            20,
+            Payload::CustomerUpdated(CustomerUpdated {
+                customer_id: customer.into(),
+                changed_fields: vec!["birthday".into()],
+                birthday_month: month,
+                birthday_day: 1,
+                ..Default::default()
+            }),
+        )
+    };
+    let paid = |customer: &str| {
+        inbox.envelope_at(
+            10,
+            Payload::OrderPaid(OrderPaid {
+                order: Some(OrderSnapshot {
+                    order_id: format!("id-{customer}"),
+                    order_no: format!("B-{customer}"),
+                    customer_id: customer.into(),
+                    status: "PAID".into(),
+                    payable_fen: 10_000,
+                    goods_fen: 10_000,
+                    pay_time: Some(ago(10)),
+                    ..Default::default()
+                }),
+            }),
+        )
+    };
+    inbox
+        .deliver(vec![
+            created("inorder"),
+            birthday("inorder"),
+            paid("inorder"),
+        ])
+        .await;
+    for event in [birthday("late"), created("late"), paid("late")] {
+        assert_eq!(inbox.deliver(vec![event]).await.applied_count, 1);
+    }
+    for who in ["inorder", "late"] {
+        let ledger = front
+            .list_ledger_entries(pb::ListLedgerEntriesRequest {
+                buyer_nick: format!("tb_{who}"),
+                ..Default::default()
+            })
+            .await
+            .expect("ledger")
+            .into_inner();
+        assert_eq!(ledger.entries.len(), 1, "{who}");
+        assert!(
+            ledger.entries[0].reason.contains("birthday month"),
+            "{who}: {:?}",
+            ledger.entries[0].reason
+        );
+    }
+
+    // Erased, and only then created: the nick stays the pseudonym.
+    inbox
+        .deliver(vec![inbox.envelope_at(
+            5,
+            Payload::CustomerErased(CustomerErased {
+                customer_id: "gone".into(),
+            }),
+        )])
+        .await;
+    inbox.deliver(vec![created("gone")]).await;
+    let by_nick = front.get_member(nick("tb_gone")).await.unwrap_err();
+    assert_eq!(by_nick.code(), Code::NotFound);
+    let member = front
+        .get_member(pb::GetMemberRequest {
+            customer_id: "gone".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("member by id")
+        .into_inner()
+        .member
+        .expect("member");
+    assert_eq!(member.buyer_nick, "erased:gone");
+    suite.stop().await;
+}

@@ -4,11 +4,10 @@
 
 use huitou_proto::events::v1::EventEnvelope;
 use huitou_proto::events::v1::event_envelope::Payload;
-use huitou_proto::micros_from_timestamp;
 use huitou_runtime::Failure;
 use huitou_runtime::auth::BoxFuture;
+use huitou_storage::WriteTx;
 use huitou_storage::inbox::EventHandler;
-use huitou_storage::{WriteTx, now_micros};
 
 use crate::error::LoyaltyError;
 use crate::store::Store;
@@ -33,6 +32,30 @@ pub struct LoyaltyEvents {
 }
 
 impl LoyaltyEvents {
+    /// The member, locked; made (without a nick, which its
+    /// `customer.created` brings) when no event has named it yet.
+    async fn member_for(
+        &self,
+        tx: &WriteTx,
+        shop: &str,
+        customer_id: &str,
+        at: i64,
+    ) -> Result<crate::store::members::MemberRow, LoyaltyError> {
+        let key = MemberKey::Id(customer_id.to_owned());
+        match self.store.find_member(&**tx, shop, &key, true).await {
+            Err(LoyaltyError::MemberNotFound) => {
+                let arrival = Arrival::Customer {
+                    customer_id,
+                    buyer_nick: "",
+                    at,
+                };
+                self.store.apply_arrivals(tx, shop, &[arrival]).await?;
+                self.store.find_member(&**tx, shop, &key, true).await
+            }
+            found => found,
+        }
+    }
+
     /// A handler writing through `store`.
     pub fn new(store: Store) -> Self {
         Self { store }
@@ -41,7 +64,7 @@ impl LoyaltyEvents {
     async fn apply_event(&self, tx: &WriteTx, event: &EventEnvelope) -> Result<(), LoyaltyError> {
         let store = &self.store;
         let shop = event.shop_id.as_str();
-        let at = occurred(event);
+        let at = huitou_storage::inbox::occurred_at(event);
         match &event.payload {
             Some(Payload::CustomerCreated(_))
             | Some(Payload::OrderPaid(_))
@@ -51,28 +74,25 @@ impl LoyaltyEvents {
                 }
             }
             Some(Payload::CustomerUpdated(c)) => {
-                let key = MemberKey::Id(c.customer_id.clone());
-                match store.find_member(&**tx, shop, &key, true).await {
-                    Ok(mut m) if m.birthday_month != c.birthday_month => {
-                        m.birthday_month = c.birthday_month;
-                        store.save_member(tx, &mut m).await?;
-                    }
-                    Ok(_) | Err(LoyaltyError::MemberNotFound) => {}
-                    Err(e) => return Err(e),
+                // The member is made now if its `customer.created` has not
+                // come yet (delivered late), so the birthday is not lost.
+                let mut m = self.member_for(tx, shop, &c.customer_id, at).await?;
+                if !is_erased(&m) && m.birthday_month != c.birthday_month {
+                    m.birthday_month = c.birthday_month;
+                    store.save_member(tx, &mut m).await?;
                 }
             }
             Some(Payload::CustomerErased(c)) => {
-                let key = MemberKey::Id(c.customer_id.clone());
-                match store.find_member(&**tx, shop, &key, true).await {
-                    Ok(mut m) => {
-                        store.checkout.forget_nick(shop, &m.buyer_nick).await;
-                        m.buyer_nick.clear();
-                        m.birthday_month = 0;
-                        store.save_member(tx, &mut m).await?;
-                    }
-                    Err(LoyaltyError::MemberNotFound) => {}
-                    Err(e) => return Err(e),
+                // The nick becomes the customer service's pseudonym, never
+                // empty: a late `customer.created` fills only an empty nick,
+                // and a late `customer.updated` leaves an erased member be.
+                let mut m = self.member_for(tx, shop, &c.customer_id, at).await?;
+                if !m.buyer_nick.is_empty() && !is_erased(&m) {
+                    store.checkout.forget_nick(shop, &m.buyer_nick).await;
                 }
+                m.buyer_nick = format!("{ERASED_NICK_PREFIX}{}", c.customer_id);
+                m.birthday_month = 0;
+                store.save_member(tx, &mut m).await?;
             }
             Some(Payload::OrderRefunded(p)) => {
                 if let Some(order) = &p.order {
@@ -103,6 +123,13 @@ impl LoyaltyEvents {
 /// order, or a historic order imported paid (history counts towards tiers
 /// but earns no points: a shop moving its members' points over adjusts
 /// them explicitly).
+/// How the customer service renames an erased customer's nick.
+const ERASED_NICK_PREFIX: &str = "erased:";
+
+fn is_erased(m: &crate::store::members::MemberRow) -> bool {
+    m.buyer_nick.starts_with(ERASED_NICK_PREFIX)
+}
+
 fn arrival(event: &EventEnvelope, at: i64) -> Option<Arrival<'_>> {
     match &event.payload {
         Some(Payload::CustomerCreated(c)) => Some(Arrival::Customer {
@@ -129,14 +156,6 @@ fn arrival(event: &EventEnvelope, at: i64) -> Option<Arrival<'_>> {
     }
 }
 
-fn occurred(event: &EventEnvelope) -> i64 {
-    event
-        .occur_time
-        .as_ref()
-        .and_then(micros_from_timestamp)
-        .unwrap_or_else(now_micros)
-}
-
 impl LoyaltyEvents {
     /// Applies a run of arrivals, shop by shop, each shop's in order.
     async fn apply_run(&self, tx: &WriteTx, run: &[&EventEnvelope]) -> Result<(), LoyaltyError> {
@@ -150,7 +169,7 @@ impl LoyaltyEvents {
             let arrivals: Vec<Arrival<'_>> = run
                 .iter()
                 .filter(|e| e.shop_id == shop)
-                .filter_map(|e| arrival(e, occurred(e)))
+                .filter_map(|e| arrival(e, huitou_storage::inbox::occurred_at(e)))
                 .collect();
             self.store.apply_arrivals(tx, shop, &arrivals).await?;
         }
