@@ -309,3 +309,8 @@ async fn rpc_bench(
     };
     rpc::run(&bench, backend, redis_url, servers, report).await
 }
+
+// The same allocator as the `huitou` binary (decision 0019): the servers
+// measured here are the ones it runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
