@@ -876,7 +876,8 @@ async fn only_huitou_services_may_check_api_keys() {
 }
 
 /// Profile events the relay delivers late: a birthday sent before the
-/// member's `customer.created` still earns the birthday-month bonus, and an
+/// member's `customer.created` still earns the birthday-month bonus, an
+/// older profile delivered after a newer one does not undo it, and an
 /// erasure delivered before the creation keeps the real nick from coming
 /// back.
 #[tokio::test]
@@ -940,7 +941,27 @@ async fn a_birthday_or_an_erasure_before_the_customers_creation_is_kept() {
     for event in [birthday("late"), created("late"), paid("late")] {
         assert_eq!(inbox.deliver(vec![event]).await.applied_count, 1);
     }
-    for who in ["inorder", "late"] {
+    // A birthday corrected to this month, then the older profile (with the
+    // month it replaced) delivered late: the correction stands.
+    let older = inbox.envelope_at(
+        25,
+        Payload::CustomerUpdated(CustomerUpdated {
+            customer_id: "corrected".into(),
+            changed_fields: vec!["birthday".into()],
+            birthday_month: month % 12 + 1,
+            birthday_day: 1,
+            ..Default::default()
+        }),
+    );
+    for event in [
+        created("corrected"),
+        birthday("corrected"),
+        older,
+        paid("corrected"),
+    ] {
+        assert_eq!(inbox.deliver(vec![event]).await.applied_count, 1);
+    }
+    for who in ["inorder", "late", "corrected"] {
         let ledger = front
             .list_ledger_entries(pb::ListLedgerEntriesRequest {
                 buyer_nick: format!("tb_{who}"),

@@ -514,15 +514,7 @@ async fn order_events_send_shipping_notices_drop_paid_reminders_and_open_call_ta
     let mut ops = suite.notifications(&suite.shop.operator);
     let mut orders = suite.customers(&suite.shop.storefront);
     set_policy(&mut ops, all_day()).await;
-    let shipped = create(
-        &mut ops,
-        sms(
-            "发货",
-            pb::MessageKind::Transactional,
-            "订单{{order_no}}已由{{carrier}}发出，单号{{tracking_number}}",
-        ),
-    )
-    .await;
+    let shipped = create(&mut ops, shipping_notice()).await;
     let reminder = create(
         &mut ops,
         sms(
@@ -728,17 +720,7 @@ async fn late_events_neither_remind_of_a_paid_order_nor_bring_back_a_withdrawn_c
         ),
     )
     .await;
-    ops.set_trigger_rule(pb::SetTriggerRuleRequest {
-        rule: Some(pb::TriggerRule {
-            trigger: pb::Trigger::UnpaidReminder as i32,
-            template_id: reminder.id.clone(),
-            enabled: true,
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
-    .await
-    .expect("rule");
+    set_rule(&mut ops, pb::Trigger::UnpaidReminder, &reminder.id).await;
     let sale = create(
         &mut ops,
         sms("上新", pb::MessageKind::Marketing, "新品上市，回T退订"),
@@ -825,6 +807,111 @@ async fn late_events_neither_remind_of_a_paid_order_nor_bring_back_a_withdrawn_c
         (SUPPRESSED, "NO_CONSENT")
     );
     suite.stop().await;
+}
+
+/// A receipt delivered before the order's `order.shipped` (which waits for
+/// its retry) leaves no shipping notice for a parcel already there, and a
+/// notice still waiting for its send window when the receipt comes is
+/// dropped.
+#[tokio::test]
+async fn a_receipt_before_the_shipment_notice_goes_out_stops_the_notice() {
+    use huitou_proto::events::v1::event_envelope::Payload;
+    use huitou_proto::events::v1::{OrderReceived, OrderShipped, OrderSnapshot};
+
+    let (suite, _sink) = start("notify-late-ship").await;
+    let mut ops = suite.notifications(&suite.shop.operator);
+    let mut customers = suite.customers(&suite.shop.operator);
+    set_policy(&mut ops, closed_now()).await;
+    let notice = create(&mut ops, shipping_notice()).await;
+    set_rule(&mut ops, pb::Trigger::OrderShipped, &notice.id).await;
+    let buyer = customer(&mut customers, "tb_parcel", "13812345678", false).await;
+    let inbox = huitou_tests::Inbox::of(&suite, "notification");
+    let snapshot = |order_no: &str, status: &str| OrderSnapshot {
+        order_id: format!("id-{order_no}"),
+        order_no: order_no.into(),
+        customer_id: buyer.clone(),
+        status: status.into(),
+        payable_fen: 9_900,
+        create_time: Some(ago(600)),
+        pay_time: Some(ago(500)),
+        ..Default::default()
+    };
+    let shipped = |order_no: &str| {
+        inbox.envelope_at(
+            300,
+            Payload::OrderShipped(OrderShipped {
+                order: Some(snapshot(order_no, "SHIPPED")),
+                carrier: "顺丰".into(),
+                tracking_number: format!("SF-{order_no}"),
+            }),
+        )
+    };
+    let received = |order_no: &str| {
+        inbox.envelope_at(
+            60,
+            Payload::OrderReceived(OrderReceived {
+                order: Some(snapshot(order_no, "RECEIVED")),
+            }),
+        )
+    };
+    // P-1 in order: its notice waits for the send window, then the buyer
+    // confirms receipt.
+    inbox.deliver(vec![shipped("P-1")]).await;
+    let waiting = list_until(&mut ops, &buyer, |ms| !ms.is_empty()).await;
+    assert_eq!(waiting[0].status, DEFERRED, "{waiting:#?}");
+    inbox.deliver(vec![received("P-1")]).await;
+    // P-2's receipt arrives before its shipment; P-3 only ships.
+    inbox.deliver(vec![received("P-2")]).await;
+    let late = inbox.deliver(vec![shipped("P-2"), shipped("P-3")]).await;
+    assert_eq!(late.applied_count, 2);
+    let messages = list_until(&mut ops, &buyer, |ms| ms.len() >= 2).await;
+    let mut notices: Vec<(String, i32, String)> = messages
+        .iter()
+        .filter(|m| m.origin == "event:order_shipped")
+        .map(|m| (m.text.clone(), m.status, m.status_reason.clone()))
+        .collect();
+    notices.sort();
+    assert_eq!(
+        notices,
+        vec![
+            (
+                "【回头客】订单P-1已由顺丰发出，单号SF-P-1".to_owned(),
+                SUPPRESSED,
+                "ORDER_RECEIVED".to_owned()
+            ),
+            (
+                "【回头客】订单P-3已由顺丰发出，单号SF-P-3".to_owned(),
+                DEFERRED,
+                String::new()
+            ),
+        ],
+        "{messages:#?}"
+    );
+    suite.stop().await;
+}
+
+/// A shipping notice (发货通知).
+fn shipping_notice() -> pb::Template {
+    sms(
+        "发货",
+        pb::MessageKind::Transactional,
+        "订单{{order_no}}已由{{carrier}}发出，单号{{tracking_number}}",
+    )
+}
+
+/// Makes `template_id` the shop's message for `trigger`.
+async fn set_rule(ops: &mut Notifications, trigger: pb::Trigger, template_id: &str) {
+    ops.set_trigger_rule(pb::SetTriggerRuleRequest {
+        rule: Some(pb::TriggerRule {
+            trigger: trigger as i32,
+            template_id: template_id.to_owned(),
+            enabled: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("rule");
 }
 
 async fn list_until(

@@ -76,8 +76,10 @@ impl LoyaltyEvents {
             Some(Payload::CustomerUpdated(c)) => {
                 // The member is made now if its `customer.created` has not
                 // come yet (delivered late), so the birthday is not lost.
+                // An older profile delivered after a newer one is ignored.
                 let mut m = self.member_for(tx, shop, &c.customer_id, at).await?;
-                if !is_erased(&m) && m.birthday_month != c.birthday_month {
+                if !is_erased(&m) && at >= m.profile_at {
+                    m.profile_at = at;
                     m.birthday_month = c.birthday_month;
                     store.save_member(tx, &mut m).await?;
                 }

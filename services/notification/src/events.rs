@@ -17,7 +17,7 @@ use huitou_storage::inbox::EventHandler;
 
 use crate::error::NotificationError;
 use crate::store::Store;
-use crate::store::messages::NewMessage;
+use crate::store::messages::{NewMessage, OrderMark};
 use crate::store::recipients::RecipientChange;
 use crate::template;
 
@@ -107,7 +107,7 @@ impl NotificationEvents {
             Some(Payload::OrderCreated(o)) => {
                 let Some(order) = &o.order else { return Ok(()) };
                 if order.pay_time.is_some()
-                    || store.order_settled(tx, shop, &order.order_no).await?
+                    || store.order_mark(tx, shop, &order.order_no).await?.is_some()
                 {
                     return Ok(());
                 }
@@ -140,6 +140,11 @@ impl NotificationEvents {
             }
             Some(Payload::OrderShipped(o)) => {
                 let Some(order) = &o.order else { return Ok(()) };
+                // Reported after the buyer confirmed receipt: the parcel
+                // is already there.
+                if store.order_mark(tx, shop, &order.order_no).await? == Some(OrderMark::Received) {
+                    return Ok(());
+                }
                 let vars = BTreeMap::from([
                     ("order_no".to_owned(), order.order_no.clone()),
                     ("carrier".to_owned(), o.carrier.clone()),
@@ -158,6 +163,13 @@ impl NotificationEvents {
             }
             Some(Payload::OrderReceived(o)) => {
                 let Some(order) = &o.order else { return Ok(()) };
+                let may_notify = store
+                    .trigger_rule(&**tx, shop, pb::Trigger::OrderShipped)
+                    .await?
+                    .is_some();
+                store
+                    .mark_order(tx, shop, &order.order_no, OrderMark::Received, may_notify)
+                    .await?;
                 let vars = BTreeMap::from([("order_no".to_owned(), order.order_no.clone())]);
                 self.fire(
                     tx,
@@ -234,7 +246,7 @@ impl NotificationEvents {
             .await?
             .is_some();
         self.store
-            .settle_order(tx, shop, order_no, may_remind)
+            .mark_order(tx, shop, order_no, OrderMark::Settled, may_remind)
             .await?;
         Ok(())
     }

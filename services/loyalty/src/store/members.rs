@@ -18,7 +18,7 @@ use crate::domain::tiers::{self, Decision, Standing, Window};
 use crate::error::LoyaltyError;
 
 /// The columns a member update writes: the key, then every mutable one.
-pub(crate) const MEMBER_UPDATE_COLUMNS: [(&str, Col); 14] = [
+pub(crate) const MEMBER_UPDATE_COLUMNS: [(&str, Col); 15] = [
     ("shop_id", Col::Text),
     ("customer_id", Col::Text),
     ("buyer_nick", Col::Text),
@@ -33,6 +33,7 @@ pub(crate) const MEMBER_UPDATE_COLUMNS: [(&str, Col); 14] = [
     ("last_check_in_day", Col::Int),
     ("expiry_warned_until", Col::BigInt),
     ("updated_at", Col::BigInt),
+    ("profile_at", Col::BigInt),
 ];
 
 /// A member's values in [`MEMBER_UPDATE_COLUMNS`] order.
@@ -52,6 +53,7 @@ pub(crate) fn update_values(m: &MemberRow) -> Vec<Value> {
         m.last_check_in_day.into(),
         m.expiry_warned_until.into(),
         m.updated_at.into(),
+        m.profile_at.into(),
     ]
 }
 
@@ -86,10 +88,13 @@ pub struct MemberRow {
     pub expiry_warned_until: i64,
     /// Last change, µs; the version of cached copies.
     pub updated_at: i64,
+    /// When the profile held (the birthday) was current, µs: an older
+    /// `customer.updated`, delivered late, does not replace it.
+    pub profile_at: i64,
 }
 
 /// The member columns, in [`MemberRow`] order.
-pub const MEMBER_COLUMNS: &str = "shop_id, customer_id, buyer_nick, birthday_month, tier_code, tier_since, requalify_at, drop_to, drop_at, balance, paid_order_count, last_check_in_day, expiry_warned_until, updated_at";
+pub const MEMBER_COLUMNS: &str = "shop_id, customer_id, buyer_nick, birthday_month, tier_code, tier_since, requalify_at, drop_to, drop_at, balance, paid_order_count, last_check_in_day, expiry_warned_until, updated_at, profile_at";
 
 /// How a request names a member.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -177,6 +177,13 @@ const LOYALTY_REVIEW_BY_KEY: SqlMigration = SqlMigration {
     ],
 };
 
+// Events delivered after later ones (decision 0004): the time of the
+// profile a member holds, so an older birthday does not replace a newer one.
+const LOYALTY_PROFILE_TIME: SqlMigration = SqlMigration {
+    name: "m20261125_000031_loyalty_profile_time",
+    statements: &["ALTER TABLE members ADD COLUMN profile_at BIGINT NOT NULL DEFAULT 0"],
+};
+
 /// The loyalty service's migrations, in order.
 pub struct Migrator;
 
@@ -187,6 +194,7 @@ impl MigratorTrait for Migrator {
             Box::new(LOYALTY_TABLES),
             Box::new(LOYALTY_REVIEW_BY_KEY),
             Box::new(OUTBOX_BATCHES),
+            Box::new(LOYALTY_PROFILE_TIME),
         ]
     }
 }

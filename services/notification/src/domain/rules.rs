@@ -36,6 +36,8 @@ pub enum Suppression {
     CustomerErased,
     /// The order a payment reminder was for got paid or closed.
     OrderPaid,
+    /// The buyer confirmed receipt before the shipping notice went out.
+    OrderReceived,
     /// The customer has no address on the channel.
     NoAddress,
 }
@@ -52,6 +54,7 @@ impl Suppression {
             Suppression::TemplatePaused => "TEMPLATE_PAUSED",
             Suppression::CustomerErased => "CUSTOMER_ERASED",
             Suppression::OrderPaid => "ORDER_PAID",
+            Suppression::OrderReceived => "ORDER_RECEIVED",
             Suppression::NoAddress => "NO_ADDRESS",
         }
     }
@@ -78,6 +81,9 @@ impl Suppression {
             Suppression::OrderPaid => {
                 "dropped: the order was paid or closed before the reminder".into()
             }
+            Suppression::OrderReceived => {
+                "dropped: the buyer confirmed receipt before the shipping notice went out".into()
+            }
             Suppression::NoAddress => {
                 "suppressed: the customer has no address on this channel".into()
             }
@@ -94,6 +100,7 @@ impl Suppression {
             "TEMPLATE_PAUSED" => Suppression::TemplatePaused,
             "CUSTOMER_ERASED" => Suppression::CustomerErased,
             "ORDER_PAID" => Suppression::OrderPaid,
+            "ORDER_RECEIVED" => Suppression::OrderReceived,
             "NO_ADDRESS" => Suppression::NoAddress,
             _ => return None,
         })

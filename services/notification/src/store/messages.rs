@@ -307,6 +307,22 @@ pub struct Accepted {
     pub suppressed: BTreeMap<String, i64>,
 }
 
+/// How far an order had gone when its earlier events came late.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderMark {
+    /// Paid or closed: no payment reminder when its `order.created` comes.
+    Settled,
+    /// Received (and so settled): no shipping notice when its
+    /// `order.shipped` comes either.
+    Received,
+}
+
+/// The origin of payment reminders made from `order.created`.
+const UNPAID_REMINDER: &str = "event:unpaid_reminder";
+
+/// The origin of shipping notices made from `order.shipped`.
+const SHIPPING_NOTICE: &str = "event:order_shipped";
+
 impl Store {
     /// Builds the stored row of a new message, placed by the shop's rules.
     pub fn new_row(
@@ -622,55 +638,88 @@ impl Store {
             .collect::<Result<_, _>>()?)
     }
 
-    /// An order was paid or closed: its unsent payment reminders are
-    /// dropped. With `may_remind` (the shop reminds of unpaid orders) and
-    /// no reminder for the order at all, its `order.created` may still be
-    /// on its way, delivered after this event: the order is marked settled
-    /// so that no reminder is scheduled when it comes. Reminders dropped.
-    pub async fn settle_order(
+    /// An order was settled (paid or closed) or received: its unsent
+    /// messages that no longer make sense are dropped — payment reminders
+    /// once settled, shipping notices once received. The event they come
+    /// from may still be on its way, delivered after this one (decision
+    /// 0004): with `may_message` (the shop has a rule for that message)
+    /// and no such message for the order at all, the order is marked, so
+    /// that none is made when that event comes. Messages dropped.
+    pub async fn mark_order(
         &self,
         tx: &WriteTx,
         shop_id: &str,
         order_no: &str,
-        may_remind: bool,
+        mark: OrderMark,
+        may_message: bool,
     ) -> Result<u64, NotificationError> {
-        let dropped = self.drop_reminders(tx, shop_id, order_no).await?;
-        if dropped > 0 || !may_remind {
-            return Ok(dropped);
-        }
-        let reminded = tx
-            .query_all(
-                "SELECT 1 FROM messages WHERE shop_id = $1 AND order_no = $2
-                 AND origin = 'event:unpaid_reminder' LIMIT 1",
-                vec![shop_id.into(), order_no.into()],
-            )
-            .await?;
-        if reminded.is_empty() {
-            tx.execute(
+        let (origin, why, record) = match mark {
+            OrderMark::Settled => (
+                UNPAID_REMINDER,
+                Suppression::OrderPaid,
                 "INSERT INTO settled_orders (shop_id, order_no, settled_at) VALUES ($1, $2, $3)
                  ON CONFLICT (shop_id, order_no) DO NOTHING",
-                vec![shop_id.into(), order_no.into(), now_micros().into()],
-            )
-            .await?;
+            ),
+            OrderMark::Received => (
+                SHIPPING_NOTICE,
+                Suppression::OrderReceived,
+                "INSERT INTO settled_orders (shop_id, order_no, settled_at, received)
+                 VALUES ($1, $2, $3, TRUE)
+                 ON CONFLICT (shop_id, order_no) DO UPDATE SET received = TRUE",
+            ),
+        };
+        let dropped = self.drop_unsent(tx, shop_id, order_no, origin, why).await?;
+        if dropped > 0 || !may_message || self.has_message(tx, shop_id, order_no, origin).await? {
+            return Ok(dropped);
         }
+        tx.execute(
+            record,
+            vec![shop_id.into(), order_no.into(), now_micros().into()],
+        )
+        .await?;
         Ok(dropped)
     }
 
-    /// Whether the order was paid or closed before its `order.created`
-    /// arrived (see [`Store::settle_order`]).
-    pub async fn order_settled(
+    /// Whether a message of `origin` was ever made for the order.
+    async fn has_message(
         &self,
         tx: &WriteTx,
         shop_id: &str,
         order_no: &str,
+        origin: &str,
     ) -> Result<bool, NotificationError> {
         let found = tx
             .query_all(
-                "SELECT 1 FROM settled_orders WHERE shop_id = $1 AND order_no = $2",
-                vec![shop_id.into(), order_no.into()],
+                "SELECT 1 FROM messages WHERE shop_id = $1 AND order_no = $2
+                 AND origin = $3 LIMIT 1",
+                vec![shop_id.into(), order_no.into(), origin.into()],
             )
             .await?;
         Ok(!found.is_empty())
+    }
+
+    /// The mark an order got when it was settled or received before its
+    /// earlier events arrived (see [`Store::mark_order`]).
+    pub async fn order_mark(
+        &self,
+        tx: &WriteTx,
+        shop_id: &str,
+        order_no: &str,
+    ) -> Result<Option<OrderMark>, NotificationError> {
+        let found = tx
+            .query_all(
+                "SELECT received FROM settled_orders WHERE shop_id = $1 AND order_no = $2",
+                vec![shop_id.into(), order_no.into()],
+            )
+            .await?;
+        let Some(row) = found.first() else {
+            return Ok(None);
+        };
+        Ok(Some(if row.try_get::<bool>("", "received")? {
+            OrderMark::Received
+        } else {
+            OrderMark::Settled
+        }))
     }
 
     /// Forgets settled marks older than `age`: an `order.created` held
@@ -686,30 +735,33 @@ impl Store {
             .await?)
     }
 
-    /// Drops the unsent payment reminders of an order (paid or closed).
-    pub async fn drop_reminders(
+    /// Drops the order's unsent messages of `origin` (a payment reminder
+    /// once paid, a shipping notice once received), `why`.
+    pub async fn drop_unsent(
         &self,
         tx: &WriteTx,
         shop_id: &str,
         order_no: &str,
+        origin: &str,
+        why: Suppression,
     ) -> Result<u64, NotificationError> {
         let now = now_micros();
-        let why = Suppression::OrderPaid;
         // One conditional statement, not a read then updates by id: a
-        // dispatcher may claim a reminder (SENDING) between the two, and
+        // dispatcher may claim a message (SENDING) between the two, and
         // the claim must win. On PostgreSQL a row a dispatcher holds is
         // waited for and its status checked again.
         let rows = tx
             .query_all(
                 "UPDATE messages SET status = 3, status_reason = $3, updated_at = $4
                  WHERE shop_id = $1 AND order_no = $2
-                   AND origin = 'event:unpaid_reminder' AND status IN (1, 2, 8)
+                   AND origin = $5 AND status IN (1, 2, 8)
                  RETURNING id",
                 vec![
                     shop_id.into(),
                     order_no.into(),
                     why.code().into(),
                     now.into(),
+                    origin.into(),
                 ],
             )
             .await?;

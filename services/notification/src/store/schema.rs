@@ -160,6 +160,13 @@ const LATE_EVENTS: SqlMigration = SqlMigration {
     ],
 };
 
+// A shipment reported after the buyer confirmed receipt sends no notice:
+// the order's settled mark also says it was received.
+const LATE_SHIPMENTS: SqlMigration = SqlMigration {
+    name: "m20261125_000043_notification_late_shipments",
+    statements: &["ALTER TABLE settled_orders ADD COLUMN received BOOLEAN NOT NULL DEFAULT FALSE"],
+};
+
 /// The notification service's migrations, in order.
 pub struct Migrator;
 
@@ -171,6 +178,7 @@ impl MigratorTrait for Migrator {
             Box::new(OPT_OUT_SYNC),
             Box::new(OUTBOX_BATCHES),
             Box::new(LATE_EVENTS),
+            Box::new(LATE_SHIPMENTS),
         ]
     }
 }
