@@ -79,6 +79,7 @@ fn copy_line(shop: &str, r: &pb::ImportedOrder, out: &mut String) {
 pub async fn run(
     count: usize,
     backend: &Backend,
+    redis_url: &str,
     servers: &tokio::runtime::Handle,
     report: &mut Report,
 ) -> anyhow::Result<()> {
@@ -115,7 +116,10 @@ pub async fn run(
 
     let database = backend.fresh("import").await?;
     let suite = servers
-        .spawn(async move { Running::start(database, "").await })
+        .spawn({
+            let redis_url = redis_url.to_owned();
+            async move { Running::start(database, &redis_url).await }
+        })
         .await??;
     let mut client = suite.clients(1)?.remove(0);
     let messages: Vec<pb::ImportOrdersRequest> = data
@@ -133,8 +137,13 @@ pub async fn run(
     let per_second = response.rows_imported as f64 / import_time.as_secs_f64();
 
     report.line(format!(
-        "### ImportOrders, {count} orders in batches of 1000 ({})",
-        backend.name()
+        "### ImportOrders, {count} orders in batches of 1000 ({}, {} cache)",
+        backend.name(),
+        if redis_url.is_empty() {
+            "in-process"
+        } else {
+            "Redis"
+        }
     ));
     report.line("| measured | rows | seconds | rows/s | ratio |".into());
     report.line("|---|---:|---:|---:|---:|".into());

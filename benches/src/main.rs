@@ -195,9 +195,9 @@ fn main() -> anyhow::Result<()> {
             orders::run(16, duration, &backend, &handle, &mut report).await?;
         }
         if let What::Import { orders } = what {
-            import::run(orders, &backend, &handle, &mut report).await?;
+            import::run(orders, &backend, &cli.redis_url, &handle, &mut report).await?;
         } else if all {
-            import::run(200_000, &backend, &handle, &mut report).await?;
+            import::run(200_000, &backend, &cli.redis_url, &handle, &mut report).await?;
         }
         if let What::LoyaltyEvents { workers, batch } = what {
             loyalty::events(workers, batch, duration, &backend, &mut report).await?;

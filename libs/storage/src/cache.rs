@@ -45,6 +45,21 @@ pub trait Cache: Send + Sync + 'static {
         value: &'a [u8],
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(), CacheError>>;
+    /// Stores each `(key, version, value)` as [`Cache::put_if_newer`] does.
+    /// A cache behind the network sends them together: a batch that
+    /// changed a thousand customers pays one round trip, not a thousand.
+    fn put_many_if_newer<'a>(
+        &'a self,
+        entries: &'a [(String, i64, Vec<u8>)],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), CacheError>> {
+        Box::pin(async move {
+            for (key, version, value) in entries {
+                self.put_if_newer(key, *version, value, ttl).await?;
+            }
+            Ok(())
+        })
+    }
     /// Removes `key`.
     fn remove<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), CacheError>>;
     /// Adds `by` to the counter under `key` and returns the new value; a new
@@ -483,6 +498,48 @@ impl Cache for RedisCache {
         })
     }
 
+    fn put_many_if_newer<'a>(
+        &'a self,
+        entries: &'a [(String, i64, Vec<u8>)],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), CacheError>> {
+        Box::pin(async move {
+            if entries.is_empty() {
+                return Ok(());
+            }
+            let ttl_ms = ttl.as_millis().max(1) as u64;
+            let invocations: Vec<redis::ScriptInvocation<'_>> = entries
+                .iter()
+                .map(|(key, version, value)| {
+                    let mut invocation = self.newer_script.key(key.as_str());
+                    invocation
+                        .arg(*version)
+                        .arg(versioned(*version, value))
+                        .arg(ttl_ms);
+                    invocation
+                })
+                .collect();
+            // One pipeline: the script loaded (a no-op when it is), then
+            // every entry through it.
+            let mut pipe = redis::pipe();
+            pipe.load_script(&self.newer_script).ignore();
+            for invocation in &invocations {
+                pipe.invoke_script(invocation).ignore();
+            }
+            let mut conn = self.conn.clone();
+            let stored = self
+                .bounded(async move { pipe.query_async::<()>(&mut conn).await })
+                .await;
+            if stored.is_err() {
+                for (key, version, value) in entries {
+                    self.fallback
+                        .put_if_newer_now(key, *version, value, ttl.min(FALLBACK_TTL));
+                }
+            }
+            Ok(())
+        })
+    }
+
     fn remove<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), CacheError>> {
         Box::pin(async move {
             // Forget locally too: a value cached during an outage must not
@@ -640,6 +697,29 @@ mod tests {
         assert_eq!(
             get_versioned(cache, &key("c")).await,
             Some((6, b"six".to_vec()))
+        );
+        // Together: each entry as alone; the older one loses, the new
+        // ones land.
+        let entries = vec![
+            (key("c"), 3, b"three".to_vec()),
+            (key("d"), 1, b"one".to_vec()),
+            (key("e"), 2, b"two".to_vec()),
+        ];
+        cache
+            .put_many_if_newer(&entries, Duration::from_secs(5))
+            .await
+            .ok();
+        assert_eq!(
+            get_versioned(cache, &key("c")).await,
+            Some((6, b"six".to_vec()))
+        );
+        assert_eq!(
+            get_versioned(cache, &key("d")).await,
+            Some((1, b"one".to_vec()))
+        );
+        assert_eq!(
+            get_versioned(cache, &key("e")).await,
+            Some((2, b"two".to_vec()))
         );
         tokio::time::sleep(Duration::from_millis(400)).await;
         assert_eq!(

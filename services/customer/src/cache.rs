@@ -86,6 +86,24 @@ impl CustomerCache {
         wire
     }
 
+    /// Caches customers a batch wrote, together: one round trip to Redis
+    /// for a thousand-row import batch. Nick entries are left to the
+    /// readers (a lookup by nick that misses reads the database and fills
+    /// them); a batch never changes a nick.
+    pub async fn remember_all(&self, shop_id: &str, customers: &[Customer]) {
+        let entries: Vec<(String, i64, Vec<u8>)> = customers
+            .iter()
+            .map(|c| {
+                (
+                    Self::by_id(shop_id, &c.id),
+                    c.updated_at,
+                    convert::customer(c).encode_to_vec(),
+                )
+            })
+            .collect();
+        let _ = self.cache.put_many_if_newer(&entries, TTL).await;
+    }
+
     /// Forgets a nick (it changed, on erasure).
     pub async fn forget_nick(&self, shop_id: &str, nick: &str) {
         let _ = self.cache.remove(&Self::by_nick(shop_id, nick)).await;

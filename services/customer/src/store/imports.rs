@@ -360,9 +360,7 @@ impl Store {
             .collect();
         let (cache, shop) = (self.cache.clone(), shop_id.to_owned());
         tx.after_commit(Box::pin(async move {
-            for customer in &refreshed {
-                cache.remember(&shop, customer).await;
-            }
+            cache.remember_all(&shop, &refreshed).await;
         }));
         Ok(written)
     }
