@@ -62,6 +62,16 @@ pub trait Cache: Send + Sync + 'static {
     }
     /// Removes `key`.
     fn remove<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), CacheError>>;
+    /// Removes every key of `keys`: in one round trip for a cache behind the
+    /// network.
+    fn remove_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<(), CacheError>> {
+        Box::pin(async move {
+            for key in keys {
+                self.remove(key).await?;
+            }
+            Ok(())
+        })
+    }
     /// Adds `by` to the counter under `key` and returns the new value; a new
     /// counter expires after `ttl` (a fixed window).
     fn incr<'a>(
@@ -552,6 +562,21 @@ impl Cache for RedisCache {
         })
     }
 
+    fn remove_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<(), CacheError>> {
+        Box::pin(async move {
+            if keys.is_empty() {
+                return Ok(());
+            }
+            for key in keys {
+                self.fallback.remove_now(key);
+            }
+            let mut conn = self.conn.clone();
+            let cmd = redis::Cmd::del(keys);
+            self.bounded(async move { cmd.query_async::<()>(&mut conn).await })
+                .await
+        })
+    }
+
     fn incr<'a>(
         &'a self,
         key: &'a str,
@@ -721,6 +746,10 @@ mod tests {
             get_versioned(cache, &key("e")).await,
             Some((2, b"two".to_vec()))
         );
+        cache.remove_many(&[key("d"), key("e")]).await.ok();
+        assert_eq!(get_versioned(cache, &key("d")).await, None);
+        assert_eq!(get_versioned(cache, &key("e")).await, None);
+        assert!(get_versioned(cache, &key("c")).await.is_some());
         tokio::time::sleep(Duration::from_millis(400)).await;
         assert_eq!(
             cache

@@ -80,9 +80,8 @@ impl Store {
 
     /// Drops cached coupons a bulk change rewrote.
     pub async fn forget_coupons(&self, coupons: &[(String, String)]) {
-        for (shop, code) in coupons {
-            let _ = self.cache.remove(&key(shop, code)).await;
-        }
+        let keys: Vec<String> = coupons.iter().map(|(shop, code)| key(shop, code)).collect();
+        let _ = self.cache.remove_many(&keys).await;
     }
 }
 

@@ -194,9 +194,7 @@ impl Store {
         bulk::update(tx, "members", &MEMBER_UPDATE_COLUMNS, 2, rows).await?;
         let checkout = self.checkout.clone();
         tx.after_commit(Box::pin(async move {
-            for m in &saved {
-                checkout.remember(m).await;
-            }
+            checkout.remember_all(&saved).await;
         }));
         Ok(())
     }

@@ -121,6 +121,26 @@ impl CheckoutCache {
         }
     }
 
+    /// Caches the standings of members a batch changed, together: one
+    /// round trip to Redis for the whole batch.
+    pub async fn remember_all(&self, members: &[MemberRow]) {
+        let mut entries = Vec::with_capacity(members.len() * 2);
+        for m in members {
+            let Ok(value) = serde_json::to_vec(&Standing::from(m)) else {
+                continue;
+            };
+            if !m.buyer_nick.is_empty() {
+                entries.push((
+                    Self::by_nick(&m.shop_id, &m.buyer_nick),
+                    m.updated_at,
+                    value.clone(),
+                ));
+            }
+            entries.push((Self::by_id(&m.shop_id, &m.customer_id), m.updated_at, value));
+        }
+        let _ = self.cache.put_many_if_newer(&entries, TTL).await;
+    }
+
     /// Forgets a buyer nick (the customer was erased).
     pub async fn forget_nick(&self, shop_id: &str, nick: &str) {
         let _ = self.cache.remove(&Self::by_nick(shop_id, nick)).await;
