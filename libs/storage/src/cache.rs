@@ -417,6 +417,22 @@ impl RedisCache {
             .map(|_| ())
     }
 
+    /// The put-if-newer script for one entry.
+    fn newer_invocation(
+        &self,
+        key: &str,
+        version: i64,
+        value: &[u8],
+        ttl: Duration,
+    ) -> redis::ScriptInvocation<'_> {
+        let mut invocation = self.newer_script.key(key);
+        invocation
+            .arg(version)
+            .arg(versioned(version, value))
+            .arg(ttl.as_millis().max(1) as u64);
+        invocation
+    }
+
     async fn bounded<T>(
         &self,
         op: impl std::future::Future<Output = redis::RedisResult<T>>,
@@ -492,11 +508,7 @@ impl Cache for RedisCache {
     ) -> BoxFuture<'a, Result<(), CacheError>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
-            let mut invocation = self.newer_script.key(key);
-            invocation
-                .arg(version)
-                .arg(versioned(version, value))
-                .arg(ttl.as_millis().max(1) as u64);
+            let invocation = self.newer_invocation(key, version, value, ttl);
             let stored = self
                 .bounded(async move { invocation.invoke_async::<i64>(&mut conn).await })
                 .await;
@@ -517,17 +529,9 @@ impl Cache for RedisCache {
             if entries.is_empty() {
                 return Ok(());
             }
-            let ttl_ms = ttl.as_millis().max(1) as u64;
             let invocations: Vec<redis::ScriptInvocation<'_>> = entries
                 .iter()
-                .map(|(key, version, value)| {
-                    let mut invocation = self.newer_script.key(key.as_str());
-                    invocation
-                        .arg(*version)
-                        .arg(versioned(*version, value))
-                        .arg(ttl_ms);
-                    invocation
-                })
+                .map(|(key, version, value)| self.newer_invocation(key, *version, value, ttl))
                 .collect();
             // One pipeline: the script loaded (a no-op when it is), then
             // every entry through it.

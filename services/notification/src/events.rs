@@ -130,12 +130,14 @@ impl NotificationEvents {
             }
             Some(Payload::OrderPaid(o)) => {
                 if let Some(order) = &o.order {
-                    self.settle(tx, shop, &order.order_no).await?;
+                    self.mark(tx, shop, &order.order_no, OrderMark::Settled)
+                        .await?;
                 }
             }
             Some(Payload::OrderClosed(o)) => {
                 if let Some(order) = &o.order {
-                    self.settle(tx, shop, &order.order_no).await?;
+                    self.mark(tx, shop, &order.order_no, OrderMark::Settled)
+                        .await?;
                 }
             }
             Some(Payload::OrderShipped(o)) => {
@@ -163,12 +165,7 @@ impl NotificationEvents {
             }
             Some(Payload::OrderReceived(o)) => {
                 let Some(order) = &o.order else { return Ok(()) };
-                let may_notify = store
-                    .trigger_rule(&**tx, shop, pb::Trigger::OrderShipped)
-                    .await?
-                    .is_some();
-                store
-                    .mark_order(tx, shop, &order.order_no, OrderMark::Received, may_notify)
+                self.mark(tx, shop, &order.order_no, OrderMark::Received)
                     .await?;
                 let vars = BTreeMap::from([("order_no".to_owned(), order.order_no.clone())]);
                 self.fire(
@@ -229,28 +226,36 @@ impl NotificationEvents {
         Ok(())
     }
 
-    /// Sends the rule's template for `trigger`, once per event, `delay`
-    /// after `at`; opens a call task when the rule asks for one. A rule
-    /// naming a missing or paused template is logged and skipped.
-    /// An order paid or closed: no payment reminder for it, now or when a
-    /// late `order.created` arrives.
-    async fn settle(
+    /// An order settled (paid or closed) or received: the messages its
+    /// step makes pointless are dropped, now or when the event that makes
+    /// them arrives late (no payment reminder once settled, no shipping
+    /// notice once received). Marks are kept only when the shop has a rule
+    /// for that message.
+    async fn mark(
         &self,
         tx: &WriteTx,
         shop: &str,
         order_no: &str,
+        mark: OrderMark,
     ) -> Result<(), NotificationError> {
-        let may_remind = self
+        let trigger = match mark {
+            OrderMark::Settled => pb::Trigger::UnpaidReminder,
+            OrderMark::Received => pb::Trigger::OrderShipped,
+        };
+        let may_message = self
             .store
-            .trigger_rule(&**tx, shop, pb::Trigger::UnpaidReminder)
+            .trigger_rule(&**tx, shop, trigger)
             .await?
             .is_some();
         self.store
-            .mark_order(tx, shop, order_no, OrderMark::Settled, may_remind)
+            .mark_order(tx, shop, order_no, mark, may_message)
             .await?;
         Ok(())
     }
 
+    /// Sends the rule's template for `trigger`, once per event, `delay`
+    /// after `at`; opens a call task when the rule asks for one. A rule
+    /// naming a missing or paused template is logged and skipped.
     #[allow(clippy::too_many_arguments)]
     async fn fire(
         &self,
