@@ -94,22 +94,32 @@ pub async fn run(
             .max_connections(2)
             .connect(&db.url)
             .await?;
-        let mut text = String::with_capacity(count * 256);
-        let started = Instant::now();
-        for r in &data {
-            copy_line("shop", r, &mut text);
+        // The best of three runs: one COPY swings by a fifth from run to
+        // run on this machine, and the limit should be what COPY can do.
+        let mut best: Option<(u64, Duration)> = None;
+        for _ in 0..3 {
+            sqlx::query("TRUNCATE orders").execute(&pool).await?;
+            let mut text = String::with_capacity(count * 256);
+            let started = Instant::now();
+            for r in &data {
+                copy_line("shop", r, &mut text);
+            }
+            let mut sink = pool
+                .copy_in_raw(&format!(
+                    "COPY orders ({}) FROM STDIN",
+                    "shop_id, id, order_no, customer_id, buyer_nick, status, items, goods_fen, discount_fen, shipping_fen, \
+                     payable_fen, refunded_fen, coupon_codes, shipment, review, refunds, created_at, paid_at, shipped_at, \
+                     received_at, closed_at, import_id, recorded_at, updated_at"
+                ))
+                .await?;
+            sink.send(text.into_bytes()).await?;
+            let copied = sink.finish().await?;
+            let took = started.elapsed();
+            if best.is_none_or(|(_, t)| took < t) {
+                best = Some((copied, took));
+            }
         }
-        let mut sink = pool
-            .copy_in_raw(&format!(
-                "COPY orders ({}) FROM STDIN",
-                "shop_id, id, order_no, customer_id, buyer_nick, status, items, goods_fen, discount_fen, shipping_fen, \
-                 payable_fen, refunded_fen, coupon_codes, shipment, review, refunds, created_at, paid_at, shipped_at, \
-                 received_at, closed_at, import_id, recorded_at, updated_at"
-            ))
-            .await?;
-        sink.send(text.into_bytes()).await?;
-        let copied = sink.finish().await?;
-        Some((copied, started.elapsed()))
+        best
     } else {
         None
     };
@@ -152,7 +162,7 @@ pub async fn run(
         let rate = copied as f64 / t.as_secs_f64();
         copy_rate = Some(rate);
         report.line(format!(
-            "| COPY of the same rows into the same table (limit) | {copied} | {:.2} | {rate:.0} | 1.00 |",
+            "| COPY of the same rows into the same table, best of 3 (limit) | {copied} | {:.2} | {rate:.0} | 1.00 |",
             t.as_secs_f64()
         ));
     }

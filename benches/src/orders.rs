@@ -28,8 +28,10 @@ pub async fn raw_inserts(
         .connect(&db.url)
         .await?;
     sqlx::query(
-        "CREATE TABLE raw_insert (shop_id TEXT NOT NULL, id TEXT NOT NULL, order_no TEXT NOT NULL,
-         payload TEXT NOT NULL, created_at BIGINT NOT NULL, PRIMARY KEY (shop_id, id))",
+        // Text in byte order, as the services' tables have it (decision 0020).
+        r#"CREATE TABLE raw_insert (shop_id TEXT COLLATE "C" NOT NULL, id TEXT COLLATE "C" NOT NULL,
+         order_no TEXT COLLATE "C" NOT NULL, payload TEXT COLLATE "C" NOT NULL, created_at BIGINT NOT NULL,
+         PRIMARY KEY (shop_id, id))"#,
     )
     .execute(&pool)
     .await?;

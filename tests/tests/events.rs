@@ -266,3 +266,54 @@ async fn a_transactions_events_travel_as_one_row_and_leave_in_order() {
     probe.stop().await;
     database.cleanup().await;
 }
+
+#[tokio::test]
+async fn rows_nobody_subscribes_to_are_marked_dispatched_without_reading_them() {
+    use huitou_proto::events::v1::CustomerErased;
+    use huitou_proto::events::v1::event_envelope::Payload;
+    use huitou_storage::outbox::{self, Outbox, OutboxConfig, Relay};
+
+    let database = TestDatabase::new("outbox-unsubscribed").await;
+    let db = Database::connect(&database.config).await.expect("db");
+    huitou_testkit::probe::kit_tables(&db).await;
+    let erased = |n: usize| {
+        outbox::event(
+            "test",
+            "A",
+            Payload::CustomerErased(CustomerErased {
+                customer_id: format!("c-{n}"),
+            }),
+        )
+    };
+    let tx = db.begin().await.expect("tx");
+    outbox::append_many(&tx, (0..4).map(erased).collect())
+        .await
+        .expect("append");
+    outbox::append_many(&tx, vec![erased(9)])
+        .await
+        .expect("append");
+    tx.commit().await.expect("commit");
+    // A row whose payload no one could decode: read, it would be retried
+    // and parked; unread, it is simply done.
+    db.execute(
+        "INSERT INTO outbox_events (event_id, shop_id, event_type, payload, created_at, events)
+         VALUES ('broken', 'A', 'batch', $1, 0, 2)",
+        vec![sea_orm::Value::Bytes(Some(vec![0xff, 0xff, 0xff]))],
+    )
+    .await
+    .expect("broken row");
+    assert_eq!(backlog(&db).await.expect("backlog").0, 7);
+
+    let relay = Relay::new(
+        "test",
+        db.clone(),
+        &Outbox::new(),
+        OutboxConfig::default(),
+        &SecretString::from(INTERNAL_TOKEN),
+    )
+    .expect("relay");
+    let pass = relay.pass().await.expect("pass");
+    assert_eq!((pass.dispatched, pass.retried, pass.dead), (7, 0, 0));
+    assert_eq!(backlog(&db).await.expect("backlog").0, 0);
+    database.cleanup().await;
+}

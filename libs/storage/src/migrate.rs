@@ -108,3 +108,59 @@ pub const OUTBOX_BATCHES: SqlMigration = SqlMigration {
     name: "m20261124_000090_outbox_batches",
     statements: &["ALTER TABLE outbox_events ADD COLUMN events INTEGER NOT NULL DEFAULT 1"],
 };
+
+/// Outbox payloads compressed with LZ4 instead of PostgreSQL's default
+/// `pglz`: decision 0017's batch rows run to hundreds of kilobytes, and
+/// `pglz` took about 5 % of PostgreSQL's time during an import. A server built
+/// without LZ4 keeps `pglz`. Every service lists it after its own tables.
+pub const OUTBOX_LZ4: SqlMigration = SqlMigration {
+    name: "m20261126_000001_outbox_lz4",
+    statements: &["{postgres}DO $$
+        BEGIN
+            ALTER TABLE outbox_events ALTER COLUMN payload SET COMPRESSION lz4;
+        EXCEPTION WHEN feature_not_supported THEN
+            RAISE NOTICE 'LZ4 is not available; outbox payloads stay compressed with pglz';
+        END $$"],
+};
+
+/// Puts every text column of the database's tables in byte order (the
+/// `"C"` collation) on PostgreSQL; nothing to do on SQLite, which compares
+/// text bytewise already. Idempotent: run after every service's migrations,
+/// so tables added later are covered too, and a no-op once done.
+///
+/// Why (decision 0020): text columns here are identifiers (shop, customer
+/// and order ids, buyer nicks, order numbers, event ids), compared in every
+/// index lookup and insert. Under a database's default locale, even
+/// `C.UTF-8`, each comparison goes through the locale machinery; in byte
+/// order it is a `memcmp`. For UTF-8 the order is the same as `C.UTF-8`'s,
+/// and the same as SQLite's, so lists page identically on both backends.
+pub async fn text_in_byte_order(db: &sea_orm::DatabaseConnection) -> Result<(), DbErr> {
+    if db.get_database_backend() != DbBackend::Postgres {
+        return Ok(());
+    }
+    // One ALTER TABLE per table, so its indexes are rebuilt once.
+    db.execute_unprepared(
+        r#"DO $$
+        DECLARE
+            t record;
+        BEGIN
+            FOR t IN
+                SELECT c.table_name,
+                       string_agg(format('ALTER COLUMN %I TYPE text COLLATE "C"', c.column_name), ', ') AS changes
+                FROM information_schema.columns c
+                JOIN information_schema.tables tb
+                  ON tb.table_schema = c.table_schema AND tb.table_name = c.table_name
+                WHERE c.table_schema = current_schema()
+                  AND tb.table_type = 'BASE TABLE'
+                  AND c.data_type = 'text'
+                  AND c.collation_name IS DISTINCT FROM 'C'
+                GROUP BY c.table_name
+                ORDER BY c.table_name
+            LOOP
+                EXECUTE format('ALTER TABLE %I %s', t.table_name, t.changes);
+            END LOOP;
+        END $$"#,
+    )
+    .await?;
+    Ok(())
+}

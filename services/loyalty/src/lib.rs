@@ -76,6 +76,9 @@ pub struct StartError(String);
 pub async fn migrate(db: &Database) -> Result<(), StartError> {
     store::schema::Migrator::up(db.conn(), None)
         .await
+        .map_err(|e| StartError(format!("migrations failed: {e}")))?;
+    huitou_storage::migrate::text_in_byte_order(db.conn())
+        .await
         .map_err(|e| StartError(format!("migrations failed: {e}")))
 }
 

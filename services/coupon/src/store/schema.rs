@@ -1,6 +1,6 @@
 //! The coupon service's schema. Every table is keyed by `shop_id` first.
 
-use huitou_storage::migrate::{KIT_TABLES, OUTBOX_BATCHES, SqlMigration};
+use huitou_storage::migrate::{KIT_TABLES, OUTBOX_BATCHES, OUTBOX_LZ4, SqlMigration};
 use sea_orm_migration::prelude::*;
 
 const COUPON_TABLES: SqlMigration = SqlMigration {
@@ -165,6 +165,7 @@ impl MigratorTrait for Migrator {
             Box::new(COUPON_VERSIONS_HOT),
             Box::new(OUTBOX_BATCHES),
             Box::new(BUYERS_LATE_EVENTS),
+            Box::new(OUTBOX_LZ4),
         ]
     }
 }

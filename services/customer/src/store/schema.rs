@@ -1,6 +1,6 @@
 //! The customer service's schema. Every table is keyed by `shop_id` first.
 
-use huitou_storage::migrate::{KIT_TABLES, OUTBOX_BATCHES, SqlMigration};
+use huitou_storage::migrate::{KIT_TABLES, OUTBOX_BATCHES, OUTBOX_LZ4, SqlMigration};
 use sea_orm_migration::prelude::*;
 
 const CUSTOMER_TABLES: SqlMigration = SqlMigration {
@@ -158,6 +158,7 @@ impl MigratorTrait for Migrator {
             Box::new(KIT_TABLES),
             Box::new(CUSTOMER_TABLES),
             Box::new(OUTBOX_BATCHES),
+            Box::new(OUTBOX_LZ4),
         ]
     }
 }

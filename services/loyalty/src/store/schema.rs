@@ -1,6 +1,6 @@
 //! The loyalty service's schema. Every table is keyed by `shop_id` first.
 
-use huitou_storage::migrate::{KIT_TABLES, OUTBOX_BATCHES, SqlMigration};
+use huitou_storage::migrate::{KIT_TABLES, OUTBOX_BATCHES, OUTBOX_LZ4, SqlMigration};
 use sea_orm_migration::prelude::*;
 
 const LOYALTY_TABLES: SqlMigration = SqlMigration {
@@ -195,6 +195,7 @@ impl MigratorTrait for Migrator {
             Box::new(LOYALTY_REVIEW_BY_KEY),
             Box::new(OUTBOX_BATCHES),
             Box::new(LOYALTY_PROFILE_TIME),
+            Box::new(OUTBOX_LZ4),
         ]
     }
 }

@@ -2,7 +2,7 @@
 //! first. No phone number, address or email is stored here: addresses are
 //! asked of the customer service at the moment of sending (decision 0016).
 
-use huitou_storage::migrate::{KIT_TABLES, OUTBOX_BATCHES, SqlMigration};
+use huitou_storage::migrate::{KIT_TABLES, OUTBOX_BATCHES, OUTBOX_LZ4, SqlMigration};
 use sea_orm_migration::prelude::*;
 
 const NOTIFICATION_TABLES: SqlMigration = SqlMigration {
@@ -179,6 +179,7 @@ impl MigratorTrait for Migrator {
             Box::new(OUTBOX_BATCHES),
             Box::new(LATE_EVENTS),
             Box::new(LATE_SHIPMENTS),
+            Box::new(OUTBOX_LZ4),
         ]
     }
 }
