@@ -456,8 +456,23 @@ pub async fn execute_with_keys<C: sea_orm::ConnectionTrait>(
     Ok(affected)
 }
 
-/// The rows of `table` in `shop_id` whose `key_column` is one of `keys`,
-/// as `columns` (a select list), locked for update when `lock`.
+/// A lookup of one shop's rows by a key column: what [`rows_with_keys`]
+/// and [`rows_to_write`] read.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyedLookup<'a> {
+    /// The table.
+    pub table: &'a str,
+    /// The select list.
+    pub columns: &'a str,
+    /// The column the keys are in; `(shop_id, key_column)` is indexed.
+    pub key_column: &'a str,
+    /// The shop.
+    pub shop_id: &'a str,
+    /// The keys wanted.
+    pub keys: &'a [String],
+}
+
+/// The rows `lookup` names, locked for update when `lock`.
 ///
 /// On PostgreSQL the keys travel as one array joined with `unnest`, which
 /// the planner turns into index lookups; a long `IN (...)` list is planned as
@@ -465,14 +480,10 @@ pub async fn execute_with_keys<C: sea_orm::ConnectionTrait>(
 /// statistics still say it is small.
 pub async fn rows_with_keys(
     tx: &WriteTx,
-    columns: &str,
-    table: &str,
-    key_column: &str,
-    shop_id: &str,
-    keys: &[String],
+    lookup: KeyedLookup<'_>,
     lock: bool,
 ) -> Result<Vec<sea_orm::QueryResult>, StorageError> {
-    keyed_rows(tx, columns, table, key_column, shop_id, keys, lock, false).await
+    keyed_rows(tx, lookup, lock, false).await
 }
 
 /// The rows a batch is about to write: [`rows_with_keys`] locked for
@@ -488,38 +499,26 @@ pub async fn rows_with_keys(
 /// matches), so it costs no round trip.
 pub async fn rows_to_write(
     tx: &WriteTx,
-    columns: &str,
-    table: &str,
-    key_column: &str,
-    shop_id: &str,
-    keys: &[String],
+    lookup: KeyedLookup<'_>,
     then_reuse_plans: bool,
 ) -> Result<Vec<sea_orm::QueryResult>, StorageError> {
     let lock = tx.backend() == sea_orm::DbBackend::Postgres;
-    keyed_rows(
-        tx,
-        columns,
-        table,
-        key_column,
-        shop_id,
-        keys,
-        lock,
-        then_reuse_plans,
-    )
-    .await
+    keyed_rows(tx, lookup, lock, then_reuse_plans).await
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn keyed_rows(
     tx: &WriteTx,
-    columns: &str,
-    table: &str,
-    key_column: &str,
-    shop_id: &str,
-    keys: &[String],
+    lookup: KeyedLookup<'_>,
     lock: bool,
     then_reuse_plans: bool,
 ) -> Result<Vec<sea_orm::QueryResult>, StorageError> {
+    let KeyedLookup {
+        table,
+        columns,
+        key_column,
+        shop_id,
+        keys,
+    } = lookup;
     if keys.is_empty() {
         return Ok(Vec::new());
     }

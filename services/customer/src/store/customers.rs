@@ -54,21 +54,31 @@ pub(crate) const COLUMN_TYPES: [(&str, Col); 28] = [
 
 /// The columns an order changes on a known buyer, with those a row cannot
 /// be proposed without (the upsert that writes them always finds the row:
-/// it is locked), for bulk writes of statistics alone.
-pub(crate) const STATS_COLUMN_TYPES: [(&str, Col); 12] = [
-    ("shop_id", Col::Text),
-    ("id", Col::Text),
-    ("buyer_nick", Col::Text),
-    ("order_count", Col::BigInt),
-    ("item_count", Col::BigInt),
-    ("spent_fen", Col::BigInt),
-    ("refunded_fen", Col::BigInt),
-    ("first_order_at", Col::BigInt),
-    ("last_order_at", Col::BigInt),
-    ("categories", Col::Text),
-    ("created_at", Col::BigInt),
-    ("updated_at", Col::BigInt),
+/// it is locked), for bulk writes of statistics alone; in [`COLUMNS`] order.
+const STATS_COLUMNS: [&str; 12] = [
+    "shop_id",
+    "id",
+    "buyer_nick",
+    "order_count",
+    "item_count",
+    "spent_fen",
+    "refunded_fen",
+    "first_order_at",
+    "last_order_at",
+    "categories",
+    "created_at",
+    "updated_at",
 ];
+
+/// [`STATS_COLUMNS`] with their stored types, taken from [`COLUMN_TYPES`].
+pub(crate) static STATS_COLUMN_TYPES: std::sync::LazyLock<Vec<(&str, Col)>> =
+    std::sync::LazyLock::new(|| {
+        COLUMN_TYPES
+            .iter()
+            .copied()
+            .filter(|(name, _)| STATS_COLUMNS.contains(name))
+            .collect()
+    });
 
 #[derive(Debug, FromQueryResult)]
 struct CustomerRow {
@@ -777,5 +787,19 @@ impl Store {
         )
         .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statistics_columns_are_customer_columns_in_the_same_order_as_their_values() {
+        let names: Vec<&str> = STATS_COLUMN_TYPES.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, STATS_COLUMNS, "a name is missing from COLUMN_TYPES");
+        let record = CustomerRecord::new("shop", "nick");
+        assert_eq!(record.stats_values().len(), STATS_COLUMNS.len());
+        assert_eq!(record.values().len(), COLUMN_TYPES.len());
     }
 }

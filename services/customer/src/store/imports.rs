@@ -145,17 +145,14 @@ impl Store {
         let mut buyers: HashMap<String, (CustomerRecord, bool)> = HashMap::new();
         // With `last_lookup`, only writes follow in this transaction: they
         // may reuse their plans (decision 0011).
-        for row in bulk::rows_to_write(
-            tx,
-            customers::COLUMNS,
-            "customers",
-            "buyer_nick",
+        let lookup = bulk::KeyedLookup {
+            table: "customers",
+            columns: customers::COLUMNS,
+            key_column: "buyer_nick",
             shop_id,
-            &nicks,
-            last_lookup,
-        )
-        .await?
-        {
+            keys: &nicks,
+        };
+        for row in bulk::rows_to_write(tx, lookup, last_lookup).await? {
             let record = CustomerRecord::from_query(&row)?;
             buyers.insert(record.customer.buyer_nick.clone(), (record, false));
         }

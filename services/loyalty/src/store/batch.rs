@@ -207,17 +207,14 @@ impl Store {
         customers: &[String],
     ) -> Result<HashMap<String, MemberRow>, LoyaltyError> {
         let mut members = HashMap::new();
-        for r in bulk::rows_with_keys(
-            tx,
-            MEMBER_COLUMNS,
-            "members",
-            "customer_id",
+        let lookup = bulk::KeyedLookup {
+            table: "members",
+            columns: MEMBER_COLUMNS,
+            key_column: "customer_id",
             shop_id,
-            customers,
-            true,
-        )
-        .await?
-        {
+            keys: customers,
+        };
+        for r in bulk::rows_with_keys(tx, lookup, true).await? {
             let m = MemberRow::from_query_result(&r, "")?;
             members.insert(m.customer_id.clone(), m);
         }
@@ -293,17 +290,14 @@ impl Store {
             })
             .collect();
         let mut known: HashSet<String> = HashSet::new();
-        for r in bulk::rows_with_keys(
-            tx,
-            "order_id",
-            "member_orders",
-            "order_id",
+        let lookup = bulk::KeyedLookup {
+            table: "member_orders",
+            columns: "order_id",
+            key_column: "order_id",
             shop_id,
-            &order_ids,
-            false,
-        )
-        .await?
-        {
+            keys: &order_ids,
+        };
+        for r in bulk::rows_with_keys(tx, lookup, false).await? {
             known.insert(KnownOrder::from_query_result(&r, "")?.order_id);
         }
         let paying: Vec<String> = {

@@ -424,16 +424,14 @@ impl Store {
         }
         let mut current: HashSet<(String, String, i32)> = HashSet::new();
         for (shop, ids) in by_shop {
-            let found = huitou_storage::bulk::rows_with_keys(
-                tx,
-                "messages.id, messages.attempts, messages.status",
-                "messages",
-                "id",
-                shop,
-                &ids,
-                true,
-            )
-            .await?;
+            let lookup = huitou_storage::bulk::KeyedLookup {
+                table: "messages",
+                columns: "messages.id, messages.attempts, messages.status",
+                key_column: "id",
+                shop_id: shop,
+                keys: &ids,
+            };
+            let found = huitou_storage::bulk::rows_with_keys(tx, lookup, true).await?;
             for r in &found {
                 if r.try_get::<i32>("", "status")? == status::SENDING {
                     current.insert((

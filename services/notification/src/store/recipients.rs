@@ -134,16 +134,14 @@ impl Store {
         shop_id: &str,
         customer_ids: &[String],
     ) -> Result<HashMap<String, RecipientRow>, NotificationError> {
-        let rows = huitou_storage::bulk::rows_with_keys(
-            tx,
-            "recipients.customer_id, known, consents, opted_out, complaint, erased",
-            "recipients",
-            "customer_id",
+        let lookup = huitou_storage::bulk::KeyedLookup {
+            table: "recipients",
+            columns: "recipients.customer_id, known, consents, opted_out, complaint, erased",
+            key_column: "customer_id",
             shop_id,
-            customer_ids,
-            true,
-        )
-        .await?;
+            keys: customer_ids,
+        };
+        let rows = huitou_storage::bulk::rows_with_keys(tx, lookup, true).await?;
         let mut out = HashMap::with_capacity(rows.len());
         for r in &rows {
             out.insert(
