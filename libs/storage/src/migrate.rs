@@ -125,8 +125,9 @@ pub const OUTBOX_LZ4: SqlMigration = SqlMigration {
 
 /// Puts every text column of the database's tables in byte order (the
 /// `"C"` collation) on PostgreSQL; nothing to do on SQLite, which compares
-/// text bytewise already. Idempotent: run after every service's migrations,
-/// so tables added later are covered too, and a no-op once done.
+/// text bytewise already. Idempotent: run after every service's migrations
+/// (wherever they run), so tables added later are covered too, and a no-op
+/// once done.
 ///
 /// Why (decision 0020): text columns here are identifiers (shop, customer
 /// and order ids, buyer nicks, order numbers, event ids), compared in every
