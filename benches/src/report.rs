@@ -11,28 +11,35 @@ pub struct Report {
 }
 
 impl Report {
+    /// Keeps `text` for the report and shows it on stderr at once, so a
+    /// long run (`all`) that is stopped part-way still shows what it
+    /// measured.
+    fn push(&mut self, text: String) {
+        eprintln!("{text}");
+        self.lines.push(text);
+    }
+
     /// A line of text.
     pub fn line(&mut self, text: String) {
         if self.table_open && !text.starts_with('|') {
-            self.lines.push(String::new());
+            self.push(String::new());
             self.table_open = false;
         }
-        self.lines.push(text);
+        self.push(text);
     }
 
     /// A measured row, with its ratio to `limit`.
     pub fn row(&mut self, name: &str, m: &Measured, limit: Option<&Measured>) {
         if !self.table_open {
-            self.lines.push(String::new());
-            self.lines
-                .push("| measured | calls/s | ratio to limit | p50 ms | p99 ms | failed |".into());
-            self.lines.push("|---|---:|---:|---:|---:|---:|".into());
+            self.push(String::new());
+            self.push("| measured | calls/s | ratio to limit | p50 ms | p99 ms | failed |".into());
+            self.push("|---|---:|---:|---:|---:|---:|".into());
             self.table_open = true;
         }
         let ratio = limit.map_or("1.00".to_owned(), |l| {
             format!("{:.2}", m.per_second() / l.per_second())
         });
-        self.lines.push(format!(
+        self.push(format!(
             "| {name} | {:.0} | {ratio} | {:.2} | {:.2} | {} |",
             m.per_second(),
             m.quantile_ms(0.5),
@@ -43,6 +50,7 @@ impl Report {
 
     /// A target and whether it was met.
     pub fn check(&mut self, target: &str, met: bool) {
+        eprintln!("{target}: {}", if met { "met" } else { "NOT met" });
         self.checks.push((target.to_owned(), met));
     }
 
