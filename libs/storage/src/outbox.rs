@@ -268,12 +268,11 @@ pub const ROW_COLUMNS: [(&str, crate::bulk::Col); 6] = [
 /// The outbox rows [`append_many`] writes for `events`: one per shop,
 /// events in the order given, each without a trace context given the
 /// current span's.
-pub fn rows_of(events: Vec<EventEnvelope>) -> Vec<Vec<Value>> {
+pub fn rows_of(mut events: Vec<EventEnvelope>) -> Vec<Vec<Value>> {
     let (traceparent, tracestate) = telemetry::current_trace_headers();
     let now = now_micros();
     // One row per shop, events in the order written, so the row's shop
     // column stays true for inspection and per-shop queries.
-    let mut events = events;
     for event in &mut events {
         if event.traceparent.is_empty() {
             event.traceparent = traceparent.clone();
