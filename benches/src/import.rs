@@ -9,7 +9,42 @@ use sea_orm::sqlx::postgres::PgPoolCopyExt;
 use crate::fixture::{Backend, Running, ago};
 use crate::report::Report;
 
-fn rows(count: usize) -> Vec<pb::ImportedOrder> {
+/// How an import's rows pick their buyers (a fifth as many buyers as rows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Buyers {
+    /// Row `n` goes to buyer `n × 7919 mod buyers`: every buyer once per
+    /// round, and each 1,000-row batch holding the same buyers as the batch
+    /// one round earlier. Every batch then updates rows that the same
+    /// earlier batch wrote together, page by page.
+    InRounds,
+    /// Row `n` goes to a buyer drawn at random (a fixed mix of `n`), as
+    /// repeat buyers come back in a real shop's history.
+    Scattered,
+}
+
+impl Buyers {
+    fn of(self, n: usize, buyers: usize) -> usize {
+        match self {
+            Buyers::InRounds => (n * 7_919) % buyers,
+            Buyers::Scattered => {
+                // splitmix64's finaliser: a fixed, well-spread mix of n.
+                let mut z = (n as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                ((z ^ (z >> 31)) % buyers as u64) as usize
+            }
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Buyers::InRounds => "buyers in rounds",
+            Buyers::Scattered => "buyers scattered",
+        }
+    }
+}
+
+fn rows(count: usize, buyers: Buyers) -> Vec<pb::ImportedOrder> {
     let statuses = [
         pb::OrderStatus::Received,
         pb::OrderStatus::Reviewed,
@@ -31,7 +66,7 @@ fn rows(count: usize) -> Vec<pb::ImportedOrder> {
             pb::ImportedOrder {
                 row_number: n as i64 + 1,
                 order_no: format!("H{n:08}"),
-                buyer_nick: format!("buyer_{:06}", (n * 7_919) % (count / 5).max(1)),
+                buyer_nick: format!("buyer_{:06}", buyers.of(n, (count / 5).max(1))),
                 status: statuses[n % 3] as i32,
                 items,
                 payable_fen: payable,
@@ -78,12 +113,13 @@ fn copy_line(shop: &str, r: &pb::ImportedOrder, out: &mut String) {
 /// Imports `count` orders both ways.
 pub async fn run(
     count: usize,
+    buyers: Buyers,
     backend: &Backend,
     redis_url: &str,
     servers: &tokio::runtime::Handle,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let data = rows(count);
+    let data = rows(count, buyers);
     let copy = if let Backend::Postgres(_) = backend {
         let db = backend.fresh("copy").await?;
         // The same schema as the service's, so COPY meets the same indexes.
@@ -147,7 +183,8 @@ pub async fn run(
     let per_second = response.rows_imported as f64 / import_time.as_secs_f64();
 
     report.line(format!(
-        "### ImportOrders, {count} orders in batches of 1000 ({}, {} cache)",
+        "### ImportOrders, {count} orders in batches of 1000, {} ({}, {} cache)",
+        buyers.name(),
         backend.name(),
         if redis_url.is_empty() {
             "in-process"

@@ -65,6 +65,11 @@ enum What {
         /// Orders to import.
         #[arg(long, default_value_t = 200_000)]
         orders: usize,
+        /// Give each row a buyer drawn at random instead of in rounds
+        /// (where every 1,000-row batch holds the same buyers as the batches
+        /// one round before it).
+        #[arg(long)]
+        scattered: bool,
     },
     /// Order events applied to loyalty ledgers against raw inserts.
     LoyaltyEvents {
@@ -194,10 +199,32 @@ fn main() -> anyhow::Result<()> {
         } else if all {
             orders::run(16, duration, &backend, &handle, &mut report).await?;
         }
-        if let What::Import { orders } = what {
-            import::run(orders, &backend, &cli.redis_url, &handle, &mut report).await?;
+        if let What::Import { orders, scattered } = what {
+            let buyers = if scattered {
+                import::Buyers::Scattered
+            } else {
+                import::Buyers::InRounds
+            };
+            import::run(
+                orders,
+                buyers,
+                &backend,
+                &cli.redis_url,
+                &handle,
+                &mut report,
+            )
+            .await?;
         } else if all {
-            import::run(200_000, &backend, &cli.redis_url, &handle, &mut report).await?;
+            let buyers = import::Buyers::InRounds;
+            import::run(
+                200_000,
+                buyers,
+                &backend,
+                &cli.redis_url,
+                &handle,
+                &mut report,
+            )
+            .await?;
         }
         if let What::LoyaltyEvents { workers, batch } = what {
             loyalty::events(workers, batch, duration, &backend, &mut report).await?;

@@ -320,3 +320,76 @@ async fn a_failed_batch_stops_the_batch_beside_it_and_progress() {
     }
     suite.stop().await;
 }
+
+#[tokio::test]
+async fn buyers_shared_by_batches_in_flight_keep_exact_statistics() {
+    use pb::OrderStatus::Paid;
+    let suite = TestSuite::start("import-shared").await;
+    let mut client = suite.customers(&suite.shop.operator);
+    // Twelve messages of 40 rows over 30 buyers: every message shares
+    // buyers with the ones before it (known buyers, and buyers the message
+    // before creates), and each message repeats an order number of the
+    // message before (skipped, not counted twice).
+    let (buyers, messages, per_message) = (30i64, 12i64, 40i64);
+    let mut expected = std::collections::BTreeMap::<String, (i64, i64)>::new();
+    let mut stream: Vec<pb::ImportOrdersRequest> = Vec::new();
+    for m in 0..messages {
+        let mut rows = Vec::new();
+        for i in 0..per_message {
+            let n = m * per_message + i + 1;
+            if i == 0
+                && let Some(before) = stream.last().and_then(|b| b.rows.last())
+            {
+                // The previous message's last order, again.
+                let mut again = before.clone();
+                again.row_number = n;
+                rows.push(again);
+                continue;
+            }
+            let nick = format!("b{:02}", (n * 7) % buyers);
+            let quantity = 1 + n % 3;
+            let e = expected.entry(nick.clone()).or_default();
+            e.0 += 1;
+            e.1 += quantity * 1_000;
+            let mut r = row(n, &format!("S-{n}"), &nick, Paid, quantity, 0);
+            // An hour apart, the newest a day ago.
+            r.create_time = Some(ago(86_400 + (messages * per_message - n) * 3_600));
+            r.pay_time = Some(ago(86_400 + (messages * per_message - n) * 3_600 - 60));
+            rows.push(r);
+        }
+        stream.push(pb::ImportOrdersRequest {
+            import_id: "shared".into(),
+            rows,
+        });
+    }
+    let done = client
+        .import_orders(tokio_stream::iter(stream))
+        .await
+        .expect("import")
+        .into_inner();
+    assert_eq!(
+        (done.rows_imported, done.rows_skipped, done.rows_rejected),
+        (messages * per_message - (messages - 1), messages - 1, 0)
+    );
+    assert_eq!(done.last_row_number, messages * per_message);
+    for (nick, (orders, spent)) in expected {
+        let stats = client
+            .get_customer(pb::GetCustomerRequest {
+                buyer_nick: nick.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("buyer")
+            .into_inner()
+            .customer
+            .expect("c")
+            .stats
+            .expect("stats");
+        assert_eq!(
+            (stats.order_count, stats.spent_fen),
+            (orders, spent),
+            "{nick}"
+        );
+    }
+    suite.stop().await;
+}

@@ -91,3 +91,107 @@ async fn every_text_column_compares_in_byte_order_and_outbox_payloads_use_lz4() 
     db.close().await;
     database.cleanup().await;
 }
+
+/// One `i64` column of the row that `sql` selects.
+async fn one_i64(conn: &impl ConnectionTrait, sql: &str) -> Option<i64> {
+    conn.query_one_raw(Statement::from_string(conn.get_database_backend(), sql))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get::<Option<i64>>("", "v")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn statistic_bands_match_the_filters_and_leave_most_orders_as_in_place_updates() {
+    use huitou_customer::store::schema::{LAST_ORDER_PERIOD_MICROS, last_order_period, order_band};
+
+    let database = TestDatabase::new("bands").await;
+    let db = Database::connect(&database.config).await.unwrap();
+    huitou_customer::migrate(&db).await.unwrap();
+    let conn = db.conn();
+    let day = 86_400_000_000i64;
+    let counts = [
+        0i64, 1, 4, 5, 9, 10, 19, 20, 49, 50, 99, 100, 199, 200, 499, 500, 999, 1000, 5000,
+    ];
+    let times = [
+        None,
+        Some(-day),
+        Some(-1),
+        Some(0),
+        Some(LAST_ORDER_PERIOD_MICROS - 1),
+        Some(LAST_ORDER_PERIOD_MICROS),
+        Some(1_764_000_000_000_000),
+        Some(1_764_000_000_000_000 + 45 * day),
+    ];
+    // The database's generated columns agree with the bounds the list's
+    // filters compute in Rust, NULL staying NULL.
+    for (i, count) in counts.iter().enumerate() {
+        let at = times[i % times.len()];
+        let at_sql = at.map_or("NULL".to_owned(), |t| t.to_string());
+        conn.execute_unprepared(&format!(
+            "INSERT INTO customers (shop_id, id, buyer_nick, order_count, last_order_at, created_at, updated_at)
+             VALUES ('s', 'c{i:02}', 'n{i:02}', {count}, {at_sql}, 0, 0)"
+        ))
+        .await
+        .unwrap();
+        let band = one_i64(
+            conn,
+            &format!("SELECT order_band AS v FROM customers WHERE id = 'c{i:02}'"),
+        )
+        .await;
+        assert_eq!(band, Some(order_band(*count)), "order band of {count}");
+        let period = one_i64(
+            conn,
+            &format!("SELECT last_order_period AS v FROM customers WHERE id = 'c{i:02}'"),
+        )
+        .await;
+        assert_eq!(period, at.map(last_order_period), "period of {at:?}");
+    }
+
+    if database.kind == "postgres" {
+        use sea_orm::TransactionTrait;
+        // A paid order within the buyer's band and period changes no
+        // indexed value: PostgreSQL updates the row in place (HOT), with no
+        // new index entry. Crossing into the next band is a plain update.
+        let tx = conn.begin().await.unwrap();
+        let updates =
+            "SELECT n_tup_upd AS v FROM pg_stat_xact_user_tables WHERE relname = 'customers'";
+        let hot =
+            "SELECT n_tup_hot_upd AS v FROM pg_stat_xact_user_tables WHERE relname = 'customers'";
+        let at = 1_764_000_000_000_000i64;
+        tx.execute_unprepared(&format!(
+            "INSERT INTO customers (shop_id, id, buyer_nick, order_count, spent_fen, last_order_at, created_at, updated_at)
+             VALUES ('s', 'hot', 'hot', 2, 1000, {at}, 0, 0)"
+        ))
+        .await
+        .unwrap();
+        tx.execute_unprepared(&format!(
+            "UPDATE customers SET order_count = 3, spent_fen = 2000, last_order_at = {}, updated_at = 1
+             WHERE shop_id = 's' AND id = 'hot'",
+            at + day
+        ))
+        .await
+        .unwrap();
+        assert_eq!(one_i64(&tx, updates).await, Some(1));
+        assert_eq!(
+            one_i64(&tx, hot).await,
+            Some(1),
+            "an order within the band is HOT"
+        );
+        tx.execute_unprepared(
+            "UPDATE customers SET order_count = 5, updated_at = 2 WHERE shop_id = 's' AND id = 'hot'",
+        )
+        .await
+        .unwrap();
+        assert_eq!(one_i64(&tx, updates).await, Some(2));
+        assert_eq!(
+            one_i64(&tx, hot).await,
+            Some(1),
+            "crossing a band is not HOT"
+        );
+        tx.rollback().await.unwrap();
+    }
+    db.close().await;
+    database.cleanup().await;
+}

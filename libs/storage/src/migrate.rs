@@ -1,7 +1,9 @@
 //! Schema migrations as plain SQL, one dialect for both backends.
 //!
-//! Migrations are written once with two placeholders — `{bytes}` (BYTEA /
-//! BLOB) and `{seq_pk}` (an auto-increasing 64-bit key); a statement
+//! Migrations are written once with three placeholders — `{bytes}` (BYTEA /
+//! BLOB), `{seq_pk}` (an auto-increasing 64-bit key) and `{generated}` (how
+//! a generated column is kept: `STORED` on PostgreSQL, the only kind it has;
+//! `VIRTUAL` on SQLite, the only kind it can add to a table); a statement
 //! starting with `{postgres}` runs on PostgreSQL only — and named with a
 //! timestamp (`m20261123_000001_kit`), run in name order by
 //! sea-orm-migration, which records them in `seaql_migrations`. Times are
@@ -25,11 +27,13 @@ pub const POSTGRES_ONLY: &str = "{postgres}";
 
 /// Rewrites the shared dialect for a backend.
 pub fn dialect(backend: DbBackend, sql: &str) -> String {
-    let (bytes, seq_pk) = match backend {
-        DbBackend::Postgres => ("BYTEA", "BIGSERIAL PRIMARY KEY"),
-        _ => ("BLOB", "INTEGER PRIMARY KEY AUTOINCREMENT"),
+    let (bytes, seq_pk, generated) = match backend {
+        DbBackend::Postgres => ("BYTEA", "BIGSERIAL PRIMARY KEY", "STORED"),
+        _ => ("BLOB", "INTEGER PRIMARY KEY AUTOINCREMENT", "VIRTUAL"),
     };
-    sql.replace("{bytes}", bytes).replace("{seq_pk}", seq_pk)
+    sql.replace("{bytes}", bytes)
+        .replace("{seq_pk}", seq_pk)
+        .replace("{generated}", generated)
 }
 
 impl MigrationName for SqlMigration {

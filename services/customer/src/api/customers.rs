@@ -1043,12 +1043,13 @@ impl CustomerService for CustomerApi {
                 }
             }
             response.rows_rejected += rejected;
-            // This batch is written beside the ones in flight only when it
-            // shares no buyer and no order number with them, so no batch
-            // ever waits on a row another batch in flight holds: the only
-            // wait between them is for the earlier one's commit, and that
-            // one never waits for a later one. Otherwise (and to keep at
-            // most `in_flight_at_most`) earlier batches finish first.
+            // Buyers this batch shares with the batches in flight (or whose
+            // rows carry an order number they hold) are written only after
+            // those batches committed, at the end of this batch's
+            // transaction; the rest is written meanwhile. So no batch ever
+            // waits on a row another batch in flight holds: the only wait
+            // between them is for the earlier one's commit, and that one
+            // never waits for a later one.
             let keys: std::collections::HashSet<String> = valid
                 .iter()
                 .flat_map(|r| {
@@ -1058,14 +1059,20 @@ impl CustomerService for CustomerApi {
                     ]
                 })
                 .collect();
-            let shares_rows = in_flight
-                .iter()
-                .any(|b: &InFlight| !b.keys.is_disjoint(&keys));
-            while in_flight.len() >= in_flight_at_most || (shares_rows && !in_flight.is_empty()) {
+            while in_flight.len() >= in_flight_at_most {
                 if let Some(done) = in_flight.pop_front() {
                     add(&mut response, done).await?;
                 }
             }
+            let held = |key: String| in_flight.iter().any(|b: &InFlight| b.keys.contains(&key));
+            let after_earlier: std::collections::HashSet<String> = valid
+                .iter()
+                .filter(|r| {
+                    held(format!("buyer\u{1}{}", r.order.buyer_nick))
+                        || held(format!("order\u{1}{}", r.order.order_no))
+                })
+                .map(|r| r.order.buyer_nick.clone())
+                .collect();
             let earlier = in_flight.back().map(|b| b.outcome.clone());
             let (outcome, waiting) = EarlierBatch::new();
             let (store, shop, import_id) = (
@@ -1077,11 +1084,12 @@ impl CustomerService for CustomerApi {
             let task = tokio::spawn(async move {
                 let written = store
                     .write(None, move |tx, store| {
-                        let (shop, import_id, rows, earlier) = (
+                        let (shop, import_id, rows, earlier, after_earlier) = (
                             shop.clone(),
                             import_id.clone(),
                             valid.clone(),
                             earlier.clone(),
+                            after_earlier.clone(),
                         );
                         Box::pin(async move {
                             let o = store
@@ -1092,7 +1100,7 @@ impl CustomerService for CustomerApi {
                                     rows,
                                     rejected,
                                     batch_last,
-                                    earlier.as_ref(),
+                                    earlier.as_ref().map(|e| (e, &after_earlier)),
                                 )
                                 .await?;
                             Ok(pb::ImportOrdersResponse {

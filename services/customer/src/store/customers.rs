@@ -7,7 +7,7 @@ use huitou_storage::bulk::Col;
 use huitou_storage::{WriteTx, now_micros};
 use sea_orm::{ConnectionTrait, FromQueryResult, Statement, Value};
 
-use super::{Store, from_json, new_id, to_json};
+use super::{Store, from_json, new_id, schema, to_json};
 use crate::domain::customer::{
     Attribute, Birthday, Consent, ContactField, Customer, ProfileChanges,
 };
@@ -674,17 +674,33 @@ impl Store {
                 &mut values,
             );
         }
+        // Each bound on a statistic comes with the bound it implies on its
+        // indexed band (decision 0021), so the index narrows the scan.
         if let Some(t) = filter.last_order_after {
             add(" AND last_order_at >= $?", t.into(), &mut values);
+            let period = schema::last_order_period(t);
+            add(" AND last_order_period >= $?", period.into(), &mut values);
         }
         if let Some(t) = filter.last_order_before {
             add(" AND last_order_at < $?", t.into(), &mut values);
+            let period = schema::last_order_period(t.saturating_sub(1));
+            add(" AND last_order_period <= $?", period.into(), &mut values);
         }
         if let Some(n) = filter.min_order_count {
             add(" AND order_count >= $?", n.into(), &mut values);
+            add(
+                " AND order_band >= $?",
+                schema::order_band(n).into(),
+                &mut values,
+            );
         }
         if let Some(n) = filter.max_order_count {
             add(" AND order_count <= $?", n.into(), &mut values);
+            add(
+                " AND order_band <= $?",
+                schema::order_band(n).into(),
+                &mut values,
+            );
         }
         let sql =
             format!("SELECT {COLUMNS} FROM customers WHERE {condition} ORDER BY id LIMIT {limit}");

@@ -365,9 +365,12 @@ impl Store {
     /// Writes one batch of valid import rows and the import's progress;
     /// `rejected` and `last_row_number` account for the whole message,
     /// refused rows included. With `earlier`, the import's previous batch
-    /// is still being written: this one writes its orders meanwhile but
-    /// records progress (and so can commit) only once that one committed,
-    /// so progress never runs past a row that is not written.
+    /// is still being written, and the buyers named with it share rows with
+    /// the batches in flight: this one writes its other buyers' orders
+    /// meanwhile, and those buyers' orders and the import's progress only
+    /// once that batch committed. So progress never runs past a row that is
+    /// not written, and this batch never waits on a row a batch in flight
+    /// holds (which would deadlock should that one wait for this one).
     #[allow(clippy::too_many_arguments)]
     pub async fn import_batch(
         &self,
@@ -377,13 +380,27 @@ impl Store {
         rows: Vec<ImportRow>,
         rejected: i64,
         last_row_number: i64,
-        earlier: Option<&EarlierBatch>,
+        earlier: Option<(&EarlierBatch, &HashSet<String>)>,
     ) -> Result<BatchOutcome, CustomerError> {
-        let written = self
-            .write_new_orders(tx, shop_id, rows, Origin::Import(import_id), true)
+        let origin = Origin::Import(import_id);
+        let (later, now): (Vec<ImportRow>, Vec<ImportRow>) = match earlier {
+            Some((_, shared)) => rows
+                .into_iter()
+                .partition(|r| shared.contains(&r.order.buyer_nick)),
+            None => (Vec::new(), rows),
+        };
+        let mut written = self
+            .write_new_orders(tx, shop_id, now, origin, later.is_empty())
             .await?;
-        if let Some(earlier) = earlier {
+        if let Some((earlier, _)) = earlier {
             earlier.committed().await?;
+        }
+        if !later.is_empty() {
+            let after = self
+                .write_new_orders(tx, shop_id, later, origin, true)
+                .await?;
+            written.orders.extend(after.orders);
+            written.skipped.extend(after.skipped);
         }
         let outcome = BatchOutcome {
             imported: written.orders.len() as i64,

@@ -149,6 +149,60 @@ const CUSTOMER_TABLES: SqlMigration = SqlMigration {
     ],
 };
 
+/// Order counts from which a buyer sits in the next order band: band `n`
+/// holds counts from `ORDER_BAND_FLOORS[n - 1]`, band 0 those below 5.
+/// Must match the `CASE` in [`STAT_BANDS`].
+pub const ORDER_BAND_FLOORS: [i64; 8] = [5, 10, 20, 50, 100, 200, 500, 1000];
+
+/// Length of a last-order period: 30 days, in µs. Must match
+/// [`STAT_BANDS`].
+pub const LAST_ORDER_PERIOD_MICROS: i64 = 30 * 86_400 * 1_000_000;
+
+/// The order band of an order count, as the `order_band` column holds it.
+pub fn order_band(order_count: i64) -> i64 {
+    ORDER_BAND_FLOORS
+        .iter()
+        .filter(|floor| order_count >= **floor)
+        .count() as i64
+}
+
+/// The last-order period of a time (µs), as the `last_order_period` column
+/// holds it: whole periods since the epoch, -1 before it.
+pub fn last_order_period(at: i64) -> i64 {
+    if at >= 0 {
+        at / LAST_ORDER_PERIOD_MICROS
+    } else {
+        -1
+    }
+}
+
+/// The list filters' indexes on coarse bands instead of the raw statistics
+/// (decision 0021). Every paid order changes `order_count` and
+/// `last_order_at`; while they were indexed, each order rewrote all of the
+/// buyer's index entries (a non-HOT update). The bands change only when a
+/// buyer crosses a band, so most orders update the row in place (HOT) and
+/// write no index entry. A filter on the raw value adds the band condition
+/// that the value implies, so the index still narrows the scan.
+const STAT_BANDS: SqlMigration = SqlMigration {
+    name: "m20261127_000001_customer_stat_bands",
+    statements: &[
+        "DROP INDEX customers_by_last_order",
+        "DROP INDEX customers_by_order_count",
+        "ALTER TABLE customers ADD COLUMN order_band BIGINT GENERATED ALWAYS AS (
+            CASE WHEN order_count >= 1000 THEN 8 WHEN order_count >= 500 THEN 7
+                 WHEN order_count >= 200 THEN 6 WHEN order_count >= 100 THEN 5
+                 WHEN order_count >= 50 THEN 4 WHEN order_count >= 20 THEN 3
+                 WHEN order_count >= 10 THEN 2 WHEN order_count >= 5 THEN 1 ELSE 0 END
+        ) {generated}",
+        "ALTER TABLE customers ADD COLUMN last_order_period BIGINT GENERATED ALWAYS AS (
+            CASE WHEN last_order_at >= 0 THEN last_order_at / 2592000000000
+                 WHEN last_order_at < 0 THEN -1 END
+        ) {generated}",
+        "CREATE INDEX customers_by_order_band ON customers (shop_id, order_band)",
+        "CREATE INDEX customers_by_last_order_period ON customers (shop_id, last_order_period)",
+    ],
+};
+
 /// The customer service's migrations, in order.
 pub struct Migrator;
 
@@ -159,6 +213,44 @@ impl MigratorTrait for Migrator {
             Box::new(CUSTOMER_TABLES),
             Box::new(OUTBOX_BATCHES),
             Box::new(OUTBOX_LZ4),
+            Box::new(STAT_BANDS),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn bands_start_where_the_floors_say() {
+        assert_eq!(order_band(0), 0);
+        assert_eq!(order_band(4), 0);
+        assert_eq!(order_band(5), 1);
+        assert_eq!(order_band(19), 2);
+        assert_eq!(order_band(20), 3);
+        assert_eq!(order_band(1_000_000), 8);
+        assert_eq!(last_order_period(0), 0);
+        assert_eq!(last_order_period(LAST_ORDER_PERIOD_MICROS - 1), 0);
+        assert_eq!(last_order_period(LAST_ORDER_PERIOD_MICROS), 1);
+        assert_eq!(last_order_period(-1), -1);
+    }
+
+    proptest! {
+        // A filter adds the band condition its bound implies; that is only
+        // right if the band never goes down as the value goes up.
+        #[test]
+        fn bands_never_decrease(a in -1_000i64..5_000, b in -1_000i64..5_000) {
+            let (low, high) = (Ord::min(a, b), Ord::max(a, b));
+            prop_assert!(order_band(low) <= order_band(high));
+        }
+
+        #[test]
+        fn periods_never_decrease(a in any::<i64>(), b in any::<i64>()) {
+            let (low, high) = (Ord::min(a, b), Ord::max(a, b));
+            prop_assert!(last_order_period(low) <= last_order_period(high));
+        }
     }
 }
