@@ -215,16 +215,19 @@ fn main() -> anyhow::Result<()> {
             )
             .await?;
         } else if all {
-            let buyers = import::Buyers::InRounds;
-            import::run(
-                200_000,
-                buyers,
-                &backend,
-                &cli.redis_url,
-                &handle,
-                &mut report,
-            )
-            .await?;
+            // Both orders of buyers: rounds (never shared by batches side by
+            // side) and scattered, as a real history has them.
+            for buyers in [import::Buyers::InRounds, import::Buyers::Scattered] {
+                import::run(
+                    200_000,
+                    buyers,
+                    &backend,
+                    &cli.redis_url,
+                    &handle,
+                    &mut report,
+                )
+                .await?;
+            }
         }
         if let What::LoyaltyEvents { workers, batch } = what {
             loyalty::events(workers, batch, duration, &backend, &mut report).await?;
