@@ -1,7 +1,8 @@
 //! The dispatcher under the conditions that lose or duplicate messages in
 //! lesser systems: two dispatchers racing for one customer's cap, a
 //! dispatcher killed mid-send, a gateway that keeps failing, a gateway
-//! that refuses, a fallback, a customer without an address. Runs on SQLite
+//! that refuses, a fallback, a customer without an address, a reminder
+//! dropped while it is being sent. Runs on SQLite
 //! and (with HUITOU_TEST_DATABASE_URL) on PostgreSQL.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test code fails loudly
@@ -944,5 +945,101 @@ async fn a_shops_per_second_limit_holds_messages_back_without_counting_attempts(
     for id in &ids {
         assert_eq!(f.message(id).await.attempts, 1);
     }
+    f.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_reminder_dropped_while_a_dispatcher_claims_it_is_sent_or_suppressed_never_both() {
+    use huitou_notification::domain::rules::Suppression;
+    const ORIGIN: &str = "event:test_reminder";
+    let f = Fixture::new("notify-drop-race").await;
+    let gateway = Gateway::new("gw", 0, false);
+    let dispatcher = f.dispatcher(gateway.clone(), None);
+    let reminder = f
+        .template(
+            pb::MessageKind::Transactional,
+            "亲，您的订单还未付款，库存有限哦",
+        )
+        .await;
+    let (mut sent, mut suppressed) = (Vec::new(), Vec::new());
+    for round in 0..rounds() {
+        // One payment reminder per order, each due now.
+        let mut ids = Vec::new();
+        for i in 0..10 {
+            let (customer, order_no, t) = (
+                format!("c-{round}-{i}"),
+                format!("o-{round}-{i}"),
+                reminder.clone(),
+            );
+            let id = f
+                .store
+                .transaction(move |tx, store| {
+                    let (customer, order_no, t) = (customer.clone(), order_no.clone(), t.clone());
+                    Box::pin(async move {
+                        let vars = BTreeMap::new();
+                        let rendered =
+                            huitou_notification::template::render(&t, &vars, "variables")?;
+                        let m = NewMessage {
+                            customer_id: &customer,
+                            template: &t,
+                            rendered,
+                            variables: &vars,
+                            not_before: now_micros(),
+                            urgent: false,
+                            origin: ORIGIN,
+                            dedupe_key: String::new(),
+                            order_no: &order_no,
+                        };
+                        Ok(store.accept(tx, SHOP, &m).await?.id)
+                    })
+                })
+                .await
+                .expect("accept");
+            ids.push(id);
+        }
+        // The orders are paid while the dispatcher claims and sends.
+        let drops = async {
+            let mut dropped = 0;
+            for i in (0..10).rev() {
+                let order_no = format!("o-{round}-{i}");
+                dropped += f
+                    .store
+                    .transaction(move |tx, store| {
+                        let order_no = order_no.clone();
+                        Box::pin(async move {
+                            store
+                                .drop_unsent(tx, SHOP, &order_no, ORIGIN, Suppression::OrderPaid)
+                                .await
+                        })
+                    })
+                    .await
+                    .expect("drop");
+            }
+            dropped
+        };
+        let passes = async { while dispatcher.pass().await.expect("pass") > 0 {} };
+        let (dropped, ()) = tokio::join!(drops, passes);
+        while dispatcher.pass().await.expect("pass") > 0 {}
+        let mut suppressed_now = 0;
+        for id in &ids {
+            let m = f.message(id).await;
+            match m.status {
+                s if s == status::SENT => sent.push(id.clone()),
+                s if s == status::SUPPRESSED => {
+                    assert_eq!(m.status_reason, "ORDER_PAID", "{m:#?}");
+                    suppressed.push(id.clone());
+                    suppressed_now += 1;
+                }
+                other => panic!("round {round}: message left in status {other}: {m:#?}"),
+            }
+        }
+        assert_eq!(dropped, suppressed_now, "round {round}: drops counted");
+    }
+    // Every sent reminder reached the gateway once; no dropped one did.
+    let mut seen = gateway.seen();
+    seen.sort();
+    sent.sort();
+    assert_eq!(seen, sent);
+    assert!(suppressed.iter().all(|id| !seen.contains(id)));
     f.cleanup().await;
 }
