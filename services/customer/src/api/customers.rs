@@ -1002,126 +1002,139 @@ impl CustomerService for CustomerApi {
             response.rows_skipped += outcome.rows_skipped;
             Ok(())
         }
-        while let Some(message) = stream.next().await {
-            let message = message?;
-            let mut v = FieldViolations::new();
-            convert::ident(&message.import_id, "import_id", 64, &mut v);
-            if !response.import_id.is_empty() && message.import_id != response.import_id {
-                v.add(
-                    "import_id",
-                    "must be the same on every message of the stream",
-                );
-            }
-            if message.rows.len() > 1000 {
-                v.add("rows", "at most 1000 rows per message");
-            }
-            v.finish()?;
-            response.import_id = message.import_id.clone();
-            let mut valid = Vec::with_capacity(message.rows.len());
-            let mut rejected = 0i64;
-            for row in &message.rows {
-                response.rows_received += 1;
-                if row.row_number <= last_row {
-                    rejected += 1;
-                    push_error(
-                        &mut response,
-                        row,
-                        "row_number",
-                        format!("must be greater than the previous row's {last_row}"),
+        // On a failure, the batches still in flight are waited for (each
+        // rolls back once the one before it failed) before the caller
+        // hears of it, so a resume never meets this call's batches.
+        let streamed: Result<(), Status> = async {
+            while let Some(message) = stream.next().await {
+                let message = message?;
+                let mut v = FieldViolations::new();
+                convert::ident(&message.import_id, "import_id", 64, &mut v);
+                if !response.import_id.is_empty() && message.import_id != response.import_id {
+                    v.add(
+                        "import_id",
+                        "must be the same on every message of the stream",
                     );
-                    continue;
                 }
-                last_row = row.row_number;
-                match convert::import_row(row) {
-                    Ok(r) => valid.push(r),
-                    Err(problems) => {
+                if message.rows.len() > 1000 {
+                    v.add("rows", "at most 1000 rows per message");
+                }
+                v.finish()?;
+                response.import_id = message.import_id.clone();
+                let mut valid = Vec::with_capacity(message.rows.len());
+                let mut rejected = 0i64;
+                for row in &message.rows {
+                    response.rows_received += 1;
+                    if row.row_number <= last_row {
                         rejected += 1;
-                        for (field, reason) in problems {
-                            push_error(&mut response, row, &field, reason);
+                        push_error(
+                            &mut response,
+                            row,
+                            "row_number",
+                            format!("must be greater than the previous row's {last_row}"),
+                        );
+                        continue;
+                    }
+                    last_row = row.row_number;
+                    match convert::import_row(row) {
+                        Ok(r) => valid.push(r),
+                        Err(problems) => {
+                            rejected += 1;
+                            for (field, reason) in problems {
+                                push_error(&mut response, row, &field, reason);
+                            }
                         }
                     }
                 }
-            }
-            response.rows_rejected += rejected;
-            // Buyers this batch shares with the batches in flight (or whose
-            // rows carry an order number they hold) are written only after
-            // those batches committed, at the end of this batch's
-            // transaction; the rest is written meanwhile. So no batch ever
-            // waits on a row another batch in flight holds: the only wait
-            // between them is for the earlier one's commit, and that one
-            // never waits for a later one.
-            let keys: std::collections::HashSet<String> = valid
-                .iter()
-                .flat_map(|r| {
-                    [
-                        format!("buyer\u{1}{}", r.order.buyer_nick),
-                        format!("order\u{1}{}", r.order.order_no),
-                    ]
-                })
-                .collect();
-            while in_flight.len() >= in_flight_at_most {
-                if let Some(done) = in_flight.pop_front() {
-                    add(&mut response, done).await?;
+                response.rows_rejected += rejected;
+                // Buyers this batch shares with the batches in flight (or whose
+                // rows carry an order number they hold) are written only after
+                // those batches committed, at the end of this batch's
+                // transaction; the rest is written meanwhile. So no batch ever
+                // waits on a row another batch in flight holds: the only wait
+                // between them is for the earlier one's commit, and that one
+                // never waits for a later one.
+                let keys: std::collections::HashSet<String> = valid
+                    .iter()
+                    .flat_map(|r| {
+                        [
+                            format!("buyer\u{1}{}", r.order.buyer_nick),
+                            format!("order\u{1}{}", r.order.order_no),
+                        ]
+                    })
+                    .collect();
+                while in_flight.len() >= in_flight_at_most {
+                    if let Some(done) = in_flight.pop_front() {
+                        add(&mut response, done).await?;
+                    }
                 }
-            }
-            let held = |key: String| in_flight.iter().any(|b: &InFlight| b.keys.contains(&key));
-            let after_earlier: std::collections::HashSet<String> = valid
-                .iter()
-                .filter(|r| {
-                    held(format!("buyer\u{1}{}", r.order.buyer_nick))
-                        || held(format!("order\u{1}{}", r.order.order_no))
-                })
-                .map(|r| r.order.buyer_nick.clone())
-                .collect();
-            let earlier = in_flight.back().map(|b| b.outcome.clone());
-            let (outcome, waiting) = EarlierBatch::new();
-            let (store, shop, import_id) = (
-                self.store.clone(),
-                caller.shop_id.clone(),
-                message.import_id.clone(),
-            );
-            let batch_last = last_row;
-            let task = tokio::spawn(async move {
-                let written = store
-                    .write(None, move |tx, store| {
-                        let (shop, import_id, rows, earlier, after_earlier) = (
-                            shop.clone(),
-                            import_id.clone(),
-                            valid.clone(),
-                            earlier.clone(),
-                            after_earlier.clone(),
-                        );
-                        Box::pin(async move {
-                            let o = store
-                                .import_batch(
-                                    tx,
-                                    &shop,
-                                    &import_id,
-                                    rows,
-                                    rejected,
-                                    batch_last,
-                                    earlier.as_ref().map(|e| (e, &after_earlier)),
-                                )
-                                .await?;
-                            Ok(pb::ImportOrdersResponse {
-                                rows_imported: o.imported,
-                                rows_skipped: o.skipped,
-                                ..Default::default()
+                let held = |key: String| in_flight.iter().any(|b: &InFlight| b.keys.contains(&key));
+                let after_earlier: std::collections::HashSet<String> = valid
+                    .iter()
+                    .filter(|r| {
+                        held(format!("buyer\u{1}{}", r.order.buyer_nick))
+                            || held(format!("order\u{1}{}", r.order.order_no))
+                    })
+                    .map(|r| r.order.buyer_nick.clone())
+                    .collect();
+                let earlier = in_flight.back().map(|b| b.outcome.clone());
+                let (outcome, waiting) = EarlierBatch::new();
+                let (store, shop, import_id) = (
+                    self.store.clone(),
+                    caller.shop_id.clone(),
+                    message.import_id.clone(),
+                );
+                let batch_last = last_row;
+                let task = tokio::spawn(async move {
+                    let written = store
+                        .write(None, move |tx, store| {
+                            let (shop, import_id, rows, earlier, after_earlier) = (
+                                shop.clone(),
+                                import_id.clone(),
+                                valid.clone(),
+                                earlier.clone(),
+                                after_earlier.clone(),
+                            );
+                            Box::pin(async move {
+                                let o = store
+                                    .import_batch(
+                                        tx,
+                                        &shop,
+                                        &import_id,
+                                        rows,
+                                        rejected,
+                                        batch_last,
+                                        earlier.as_ref().map(|e| (e, &after_earlier)),
+                                    )
+                                    .await?;
+                                Ok(pb::ImportOrdersResponse {
+                                    rows_imported: o.imported,
+                                    rows_skipped: o.skipped,
+                                    ..Default::default()
+                                })
                             })
                         })
-                    })
-                    .await;
-                let _ = outcome.send(Some(written.is_ok()));
-                written
-            });
-            in_flight.push_back(InFlight {
-                task,
-                keys,
-                outcome: waiting,
-            });
+                        .await;
+                    let _ = outcome.send(Some(written.is_ok()));
+                    written
+                });
+                in_flight.push_back(InFlight {
+                    task,
+                    keys,
+                    outcome: waiting,
+                });
+            }
+            while let Some(done) = in_flight.pop_front() {
+                add(&mut response, done).await?;
+            }
+            Ok(())
         }
-        while let Some(done) = in_flight.pop_front() {
-            add(&mut response, done).await?;
+        .await;
+        if let Err(status) = streamed {
+            while let Some(left) = in_flight.pop_front() {
+                let _ = left.task.await;
+            }
+            return Err(status);
         }
         if response.import_id.is_empty() {
             return Err(Failure::invalid_field("import_id", "the stream carried no rows").into());
