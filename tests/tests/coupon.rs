@@ -956,3 +956,56 @@ async fn tier_upgrades_and_reviews_issue_their_rules_coupons() {
     );
     suite.stop().await;
 }
+
+#[tokio::test]
+async fn deliveries_that_meet_the_same_buyers_in_opposite_orders_do_not_deadlock() {
+    use huitou_proto::events::v1::event_envelope::Payload;
+    use huitou_proto::events::v1::{OrderPaid, OrderSnapshot, TierChanged};
+    let suite = TestSuite::start("coupon-buyer-order").await;
+    let inbox = huitou_tests::Inbox::of(&suite, "coupon");
+    for round in 0..huitou_tests::race_rounds(10) {
+        let buyers: Vec<String> = (0..60).map(|i| format!("c-{round}-{i:02}")).collect();
+        // Order events from the customer service meet the buyers in one
+        // order, tier changes from loyalty in the other, at the same time.
+        let paid: Vec<_> = buyers
+            .iter()
+            .map(|c| {
+                inbox.envelope(Payload::OrderPaid(OrderPaid {
+                    order: Some(OrderSnapshot {
+                        order_id: format!("id-{c}"),
+                        order_no: format!("no-{c}"),
+                        customer_id: c.clone(),
+                        status: "PAID".into(),
+                        payable_fen: 100,
+                        goods_fen: 100,
+                        paid_order_sequence: 1,
+                        pay_time: Some(ago(5)),
+                        ..Default::default()
+                    }),
+                }))
+            })
+            .collect();
+        let tiers: Vec<_> = buyers
+            .iter()
+            .rev()
+            .map(|c| {
+                let mut e = inbox.envelope(Payload::TierChanged(TierChanged {
+                    customer_id: c.clone(),
+                    from_tier_code: String::new(),
+                    to_tier_code: "gold".into(),
+                    upgrade: true,
+                    reason: "test".into(),
+                }));
+                e.source_service = "loyalty".into();
+                e
+            })
+            .collect();
+        let (a, b) = tokio::join!(inbox.deliver(paid), inbox.deliver(tiers));
+        assert_eq!(
+            (a.applied_count, b.applied_count),
+            (60, 60),
+            "round {round}"
+        );
+    }
+    suite.stop().await;
+}
