@@ -227,6 +227,36 @@ async fn an_order_and_the_work_it_causes_in_every_service_are_one_trace() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert!(issued, "the tier upgrade earned its coupon");
+    // The notification service has applied the order's events too (it
+    // makes no message here to wait for, so its inbox is read).
+    use sea_orm::ConnectionTrait;
+    let notification_db = huitou_storage::Database::connect(
+        &suite
+            .notification_database
+            .as_ref()
+            .expect("notification runs")
+            .config,
+    )
+    .await
+    .expect("notification database");
+    let mut consumed = false;
+    for _ in 0..400 {
+        let rows = notification_db
+            .conn()
+            .query_all_raw(sea_orm::Statement::from_string(
+                notification_db.backend(),
+                "SELECT event_id FROM consumed_events WHERE consumer = 'notification'",
+            ))
+            .await
+            .expect("inbox");
+        if !rows.is_empty() {
+            consumed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(consumed, "notification applied the order's events");
+    notification_db.close().await;
     suite.stop().await;
     // Let the relays measure their backlog once more, then flush every
     // span and metric still batched.
