@@ -127,6 +127,14 @@ pub const OUTBOX_LZ4: SqlMigration = SqlMigration {
         END $$"],
 };
 
+/// Applies a service's pending migrations, then puts its text columns in
+/// byte order ([`text_in_byte_order`]): every service migrates this way, so
+/// the step cannot be left out of one.
+pub async fn run<M: MigratorTrait>(db: &crate::Database) -> Result<(), DbErr> {
+    M::up(db.conn(), None).await?;
+    text_in_byte_order(db.conn()).await
+}
+
 /// Puts every text column of the database's tables in byte order (the
 /// `"C"` collation) on PostgreSQL; nothing to do on SQLite, which compares
 /// text bytewise already. Idempotent: run after every service's migrations

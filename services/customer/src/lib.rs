@@ -22,7 +22,6 @@ use huitou_runtime::server::GrpcServer;
 use huitou_storage::cache::CacheConfig;
 use huitou_storage::outbox::{Outbox, OutboxConfig, Relay};
 use huitou_storage::{Database, DatabaseConfig};
-use sea_orm_migration::MigratorTrait;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use tonic::codec::CompressionEncoding;
@@ -91,10 +90,7 @@ pub struct CustomerService {
 
 /// Applies pending migrations.
 pub async fn migrate(db: &Database) -> Result<(), StartError> {
-    store::schema::Migrator::up(db.conn(), None)
-        .await
-        .map_err(|e| StartError(format!("migrations failed: {e}")))?;
-    huitou_storage::migrate::text_in_byte_order(db.conn())
+    huitou_storage::migrate::run::<store::schema::Migrator>(db)
         .await
         .map_err(|e| StartError(format!("migrations failed: {e}")))
 }

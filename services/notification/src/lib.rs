@@ -26,7 +26,6 @@ use huitou_storage::cache::{Cache, CacheConfig};
 use huitou_storage::inbox::{EventInbox, Inbox};
 use huitou_storage::outbox::Outbox;
 use huitou_storage::{Database, DatabaseConfig};
-use sea_orm_migration::MigratorTrait;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use tonic::codec::CompressionEncoding;
@@ -198,10 +197,7 @@ pub struct StartError(String);
 
 /// Applies pending migrations.
 pub async fn migrate(db: &Database) -> Result<(), StartError> {
-    store::schema::Migrator::up(db.conn(), None)
-        .await
-        .map_err(|e| StartError(format!("migrations failed: {e}")))?;
-    huitou_storage::migrate::text_in_byte_order(db.conn())
+    huitou_storage::migrate::run::<store::schema::Migrator>(db)
         .await
         .map_err(|e| StartError(format!("migrations failed: {e}")))
 }
