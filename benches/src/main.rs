@@ -199,35 +199,26 @@ fn main() -> anyhow::Result<()> {
         } else if all {
             orders::run(16, duration, &backend, &handle, &mut report).await?;
         }
-        if let What::Import { orders, scattered } = what {
-            let buyers = if scattered {
-                import::Buyers::Scattered
-            } else {
-                import::Buyers::InRounds
-            };
-            import::run(
+        // `all` imports both ways: buyers in rounds (never shared by batches
+        // side by side) and scattered, as a real history has them.
+        let imports: Vec<(usize, import::Buyers)> = match what {
+            What::Import { orders, scattered } => vec![(
                 orders,
-                buyers,
-                &backend,
-                &cli.redis_url,
-                &handle,
-                &mut report,
-            )
-            .await?;
-        } else if all {
-            // Both orders of buyers: rounds (never shared by batches side by
-            // side) and scattered, as a real history has them.
-            for buyers in [import::Buyers::InRounds, import::Buyers::Scattered] {
-                import::run(
-                    200_000,
-                    buyers,
-                    &backend,
-                    &cli.redis_url,
-                    &handle,
-                    &mut report,
-                )
-                .await?;
-            }
+                if scattered {
+                    import::Buyers::Scattered
+                } else {
+                    import::Buyers::InRounds
+                },
+            )],
+            _ if all => vec![
+                (200_000, import::Buyers::InRounds),
+                (200_000, import::Buyers::Scattered),
+            ],
+            _ => Vec::new(),
+        };
+        for (orders, buyers) in imports {
+            let redis = &cli.redis_url;
+            import::run(orders, buyers, &backend, redis, &handle, &mut report).await?;
         }
         if let What::LoyaltyEvents { workers, batch } = what {
             loyalty::events(workers, batch, duration, &backend, &mut report).await?;

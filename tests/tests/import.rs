@@ -4,7 +4,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test code fails loudly
 
 use huitou_proto::customer::v1 as pb;
-use huitou_tests::{TestSuite, ago};
+use huitou_tests::{Customers, TestSuite, ago};
 
 fn row(
     n: i64,
@@ -37,6 +37,22 @@ fn row(
         pay_time: paid.then(|| ago(86_400 * (30 - n) - 60)),
         ..Default::default()
     }
+}
+
+/// A buyer's statistics, read back by nick.
+async fn stats_of(client: &mut Customers, nick: &str) -> pb::CustomerStats {
+    client
+        .get_customer(pb::GetCustomerRequest {
+            buyer_nick: nick.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("buyer")
+        .into_inner()
+        .customer
+        .expect("customer")
+        .stats
+        .expect("stats")
 }
 
 fn history() -> Vec<pb::ImportOrdersRequest> {
@@ -99,18 +115,7 @@ async fn import_reports_bad_rows_keeps_stats_exact_and_resumes() {
         .collect();
     assert_eq!(errors, vec![(6, "payable_fen"), (8, "receiver.phone")]);
 
-    let amy = client
-        .get_customer(pb::GetCustomerRequest {
-            buyer_nick: "amy".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("amy")
-        .into_inner()
-        .customer
-        .expect("c")
-        .stats
-        .expect("stats");
+    let amy = stats_of(&mut client, "amy").await;
     assert_eq!(amy.order_count, 3);
     assert_eq!(amy.item_count, 6);
     assert_eq!(amy.spent_fen, 6_000 - 1_500);
@@ -171,18 +176,7 @@ async fn import_reports_bad_rows_keeps_stats_exact_and_resumes() {
         .expect("progress")
         .into_inner();
     assert_eq!((progress.rows_imported, progress.last_row_number), (5, 8));
-    let amy_again = client
-        .get_customer(pb::GetCustomerRequest {
-            buyer_nick: "amy".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("amy")
-        .into_inner()
-        .customer
-        .expect("c")
-        .stats
-        .expect("stats");
+    let amy_again = stats_of(&mut client, "amy").await;
     assert_eq!(amy_again, amy);
 
     // A stream that mixes import ids, or rows that go backwards, is refused.
@@ -304,18 +298,7 @@ async fn a_failed_batch_stops_the_batch_beside_it_and_progress() {
         .into_inner();
     assert_eq!((again.rows_imported, again.rows_skipped), (9, 3));
     for m in 0..4 {
-        let stats = client
-            .get_customer(pb::GetCustomerRequest {
-                buyer_nick: format!("buyer-{m}"),
-                ..Default::default()
-            })
-            .await
-            .expect("buyer")
-            .into_inner()
-            .customer
-            .expect("c")
-            .stats
-            .expect("stats");
+        let stats = stats_of(&mut client, &format!("buyer-{m}")).await;
         assert_eq!(stats.order_count, 3, "buyer-{m}");
     }
     suite.stop().await;
@@ -373,18 +356,7 @@ async fn buyers_shared_by_batches_in_flight_keep_exact_statistics() {
     );
     assert_eq!(done.last_row_number, messages * per_message);
     for (nick, (orders, spent)) in expected {
-        let stats = client
-            .get_customer(pb::GetCustomerRequest {
-                buyer_nick: nick.clone(),
-                ..Default::default()
-            })
-            .await
-            .expect("buyer")
-            .into_inner()
-            .customer
-            .expect("c")
-            .stats
-            .expect("stats");
+        let stats = stats_of(&mut client, &nick).await;
         assert_eq!(
             (stats.order_count, stats.spent_fen),
             (orders, spent),

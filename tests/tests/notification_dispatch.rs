@@ -252,10 +252,23 @@ impl Fixture {
         t: &pb::Template,
         vars: BTreeMap<String, String>,
     ) -> String {
-        let (customer, t) = (customer.to_owned(), t.clone());
+        self.accept_for(customer, t, vars, "test", "").await
+    }
+
+    /// Accepts a message of `origin` for `order_no` (none when empty).
+    async fn accept_for(
+        &self,
+        customer: &str,
+        t: &pb::Template,
+        vars: BTreeMap<String, String>,
+        origin: &'static str,
+        order_no: &str,
+    ) -> String {
+        let (customer, t, order_no) = (customer.to_owned(), t.clone(), order_no.to_owned());
         self.store
             .transaction(move |tx, store| {
-                let (customer, t, vars) = (customer.clone(), t.clone(), vars.clone());
+                let (customer, t, vars, order_no) =
+                    (customer.clone(), t.clone(), vars.clone(), order_no.clone());
                 Box::pin(async move {
                     let rendered = huitou_notification::template::render(&t, &vars, "variables")?;
                     let m = NewMessage {
@@ -265,9 +278,9 @@ impl Fixture {
                         variables: &vars,
                         not_before: now_micros(),
                         urgent: false,
-                        origin: "test",
+                        origin,
                         dedupe_key: String::new(),
-                        order_no: "",
+                        order_no: &order_no,
                     };
                     Ok(store.accept(tx, SHOP, &m).await?.id)
                 })
@@ -966,35 +979,10 @@ async fn a_reminder_dropped_while_a_dispatcher_claims_it_is_sent_or_suppressed_n
         // One payment reminder per order, each due now.
         let mut ids = Vec::new();
         for i in 0..10 {
-            let (customer, order_no, t) = (
-                format!("c-{round}-{i}"),
-                format!("o-{round}-{i}"),
-                reminder.clone(),
-            );
+            let (customer, order_no) = (format!("c-{round}-{i}"), format!("o-{round}-{i}"));
             let id = f
-                .store
-                .transaction(move |tx, store| {
-                    let (customer, order_no, t) = (customer.clone(), order_no.clone(), t.clone());
-                    Box::pin(async move {
-                        let vars = BTreeMap::new();
-                        let rendered =
-                            huitou_notification::template::render(&t, &vars, "variables")?;
-                        let m = NewMessage {
-                            customer_id: &customer,
-                            template: &t,
-                            rendered,
-                            variables: &vars,
-                            not_before: now_micros(),
-                            urgent: false,
-                            origin: ORIGIN,
-                            dedupe_key: String::new(),
-                            order_no: &order_no,
-                        };
-                        Ok(store.accept(tx, SHOP, &m).await?.id)
-                    })
-                })
-                .await
-                .expect("accept");
+                .accept_for(&customer, &reminder, BTreeMap::new(), ORIGIN, &order_no)
+                .await;
             ids.push(id);
         }
         // The orders are paid while the dispatcher claims and sends.

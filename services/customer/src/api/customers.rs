@@ -1054,29 +1054,23 @@ impl CustomerService for CustomerApi {
                 // waits on a row another batch in flight holds: the only wait
                 // between them is for the earlier one's commit, and that one
                 // never waits for a later one.
-                let keys: std::collections::HashSet<String> = valid
-                    .iter()
-                    .flat_map(|r| {
-                        [
-                            format!("buyer\u{1}{}", r.order.buyer_nick),
-                            format!("order\u{1}{}", r.order.order_no),
-                        ]
-                    })
-                    .collect();
                 while in_flight.len() >= in_flight_at_most {
                     if let Some(done) = in_flight.pop_front() {
                         add(&mut response, done).await?;
                     }
                 }
-                let held = |key: String| in_flight.iter().any(|b: &InFlight| b.keys.contains(&key));
-                let after_earlier: std::collections::HashSet<String> = valid
-                    .iter()
-                    .filter(|r| {
-                        held(format!("buyer\u{1}{}", r.order.buyer_nick))
-                            || held(format!("order\u{1}{}", r.order.order_no))
-                    })
-                    .map(|r| r.order.buyer_nick.clone())
-                    .collect();
+                let held = |key: &String| in_flight.iter().any(|b: &InFlight| b.keys.contains(key));
+                let mut keys = std::collections::HashSet::with_capacity(2 * valid.len());
+                let mut after_earlier = std::collections::HashSet::new();
+                for r in &valid {
+                    let buyer = format!("buyer\u{1}{}", r.order.buyer_nick);
+                    let order = format!("order\u{1}{}", r.order.order_no);
+                    if held(&buyer) || held(&order) {
+                        after_earlier.insert(r.order.buyer_nick.clone());
+                    }
+                    keys.insert(buyer);
+                    keys.insert(order);
+                }
                 let earlier = in_flight.back().map(|b| b.outcome.clone());
                 let (outcome, waiting) = EarlierBatch::new();
                 let (store, shop, import_id) = (
