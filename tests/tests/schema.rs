@@ -195,3 +195,60 @@ async fn statistic_bands_match_the_filters_and_leave_most_orders_as_in_place_upd
     db.close().await;
     database.cleanup().await;
 }
+
+#[tokio::test]
+async fn buyers_written_together_take_their_next_orders_in_place_together() {
+    let database = TestDatabase::new("stats_room").await;
+    let db = Database::connect(&database.config).await.unwrap();
+    huitou_customer::migrate(&db).await.unwrap();
+    if database.kind == "postgres" {
+        use sea_orm::TransactionTrait;
+        let conn = db.conn();
+        // Buyers created together share pages, as an import's first round
+        // or a day's new buyers do.
+        let at = 1_764_000_000_000_000i64;
+        conn.execute_unprepared(&format!(
+            "INSERT INTO customers (shop_id, id, buyer_nick, order_count, item_count, spent_fen,
+                                    first_order_at, last_order_at, categories, created_at, updated_at)
+             SELECT 's', md5(n::text)::uuid::text, 'buyer_' || n, 1, 2, 19800, {at}, {at},
+                    '{{\"童装\":1}}', {at}, {at}
+             FROM generate_series(1, 300) AS n"
+        ))
+        .await
+        .unwrap();
+        // Then one transaction gives each of them an order within its band
+        // and period, as a batch of recorded or imported orders does.
+        let tx = conn.begin().await.unwrap();
+        tx.execute_unprepared(&format!(
+            "UPDATE customers SET order_count = 2, item_count = 4, spent_fen = 39600,
+                                  last_order_at = {}, categories = '{{\"童装\":2}}', updated_at = {}
+             WHERE shop_id = 's'",
+            at + 1,
+            at + 1
+        ))
+        .await
+        .unwrap();
+        let updated = one_i64(
+            &tx,
+            "SELECT n_tup_upd AS v FROM pg_stat_xact_user_tables WHERE relname = 'customers'",
+        )
+        .await;
+        let in_place = one_i64(
+            &tx,
+            "SELECT n_tup_hot_upd AS v FROM pg_stat_xact_user_tables WHERE relname = 'customers'",
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(updated, Some(300));
+        // With full pages (the default fillfactor) about 2 % of these are
+        // HOT: the rows beside each one are being rewritten too, and their
+        // old versions cannot be pruned before the commit.
+        assert!(
+            in_place >= 270,
+            "only {in_place} of 300 updates were in place (decision 0022)"
+        );
+    }
+    db.close().await;
+    database.cleanup().await;
+}
