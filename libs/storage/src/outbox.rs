@@ -155,7 +155,7 @@ impl Outbox {
 /// now; its trace context is filled in when it is stored.
 pub fn event(source: &str, shop_id: &str, payload: Payload) -> EventEnvelope {
     EventEnvelope {
-        event_id: uuid::Uuid::now_v7().to_string(),
+        event_id: crate::new_id(),
         shop_id: shop_id.to_owned(),
         occur_time: Some(huitou_proto::timestamp_from_micros(now_micros())),
         source_service: source.to_owned(),

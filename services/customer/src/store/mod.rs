@@ -102,10 +102,7 @@ impl Store {
     }
 }
 
-/// A fresh time-ordered id.
-pub fn new_id() -> String {
-    uuid::Uuid::now_v7().to_string()
-}
+pub use huitou_storage::new_id;
 
 /// Decodes a JSON column, naming it when it is damaged.
 pub(crate) fn from_json<T: serde::de::DeserializeOwned>(

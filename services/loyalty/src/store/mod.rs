@@ -219,10 +219,7 @@ impl Store {
     }
 }
 
-/// A fresh time-ordered id.
-pub fn new_id() -> String {
-    uuid::Uuid::now_v7().to_string()
-}
+pub use huitou_storage::new_id;
 
 /// An event of this service for `shop_id`.
 pub fn event(shop_id: &str, payload: Payload) -> EventEnvelope {

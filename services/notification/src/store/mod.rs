@@ -159,7 +159,4 @@ pub async fn read_on(
     Ok(conn.query_all_raw(stmt).await?)
 }
 
-/// A fresh time-ordered id.
-pub fn new_id() -> String {
-    uuid::Uuid::now_v7().to_string()
-}
+pub use huitou_storage::new_id;
