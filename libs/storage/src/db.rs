@@ -278,6 +278,21 @@ impl WriteTx {
         Ok(())
     }
 
+    /// Rolls back and waits for it, dropping the after-commit work. Dropped
+    /// instead, a transaction's `ROLLBACK` is only queued, and sent when the
+    /// connection goes back to the pool in a task of its own: its locks
+    /// would outlive the error the caller is about to hear of. A rollback
+    /// that fails leaves a broken connection, which the pool discards.
+    pub async fn rollback(self) {
+        let WriteTx {
+            tx, _gate: gate, ..
+        } = self;
+        if let Err(e) = tx.rollback().await {
+            tracing::debug!(error = %e, "rollback failed; the connection is dropped");
+        }
+        drop(gate);
+    }
+
     /// Schedules `work` to run after a successful commit.
     pub fn after_commit(&self, work: AfterCommit) {
         match self.after_commit.lock() {

@@ -135,6 +135,20 @@ impl<H: EventHandler> EventInbox<H> {
         }
         async {
             let tx = self.db.begin().await?;
+            let applied = self.apply_all_new_in(&tx, events).await;
+            settle(tx, applied).await
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// [`Self::apply_all_new`]'s work inside its transaction.
+    async fn apply_all_new_in(
+        &self,
+        tx: &WriteTx,
+        events: &[EventEnvelope],
+    ) -> Result<bool, Failure> {
+        {
             let now = now_micros();
             let rows: Vec<Vec<sea_orm::Value>> = events
                 .iter()
@@ -148,7 +162,7 @@ impl<H: EventHandler> EventInbox<H> {
                 })
                 .collect();
             let inserted = bulk::insert(
-                &tx,
+                tx,
                 "consumed_events",
                 &CONSUMED_COLUMNS,
                 rows,
@@ -156,15 +170,12 @@ impl<H: EventHandler> EventInbox<H> {
             )
             .await?;
             if inserted as usize != events.len() {
-                // Dropping the transaction rolls the inserts back.
+                // Rolled back by `settle`.
                 return Ok(false);
             }
-            self.handler.apply_batch(&tx, events).await?;
-            tx.commit().await?;
+            self.handler.apply_batch(tx, events).await?;
             Ok(true)
         }
-        .instrument(span)
-        .await
     }
 
     /// Applies one event once; true when applied now, false when a duplicate.
@@ -179,22 +190,41 @@ impl<H: EventHandler> EventInbox<H> {
         telemetry::adopt_stored_parent(&span, &event.traceparent, &event.tracestate);
         async {
             let tx = self.db.begin().await?;
-            if !first_delivery(
-                &tx,
-                self.handler.consumer(),
-                &event.shop_id,
-                &event.event_id,
-            )
-            .await?
-            {
-                return Ok(false);
+            let applied = async {
+                if !first_delivery(
+                    &tx,
+                    self.handler.consumer(),
+                    &event.shop_id,
+                    &event.event_id,
+                )
+                .await?
+                {
+                    return Ok(false);
+                }
+                self.handler.apply(&tx, event).await?;
+                Ok(true)
             }
-            self.handler.apply(&tx, event).await?;
-            tx.commit().await?;
-            Ok(true)
+            .await;
+            settle(tx, applied).await
         }
         .instrument(span)
         .await
+    }
+}
+
+/// Commits when the events were applied; otherwise (a duplicate, or an
+/// error) rolls back and waits for it, so the fallback that follows never
+/// waits on this transaction's rows.
+async fn settle(tx: WriteTx, applied: Result<bool, Failure>) -> Result<bool, Failure> {
+    match applied {
+        Ok(true) => {
+            tx.commit().await?;
+            Ok(true)
+        }
+        other => {
+            tx.rollback().await;
+            other
+        }
     }
 }
 

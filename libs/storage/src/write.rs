@@ -71,20 +71,43 @@ where
 {
     retrying(|| async {
         let tx = db.begin().await?;
-        if let Some(key) = key
-            && let Some(answer) = idempotency::claim::<R>(&tx, key).await?
-        {
-            return Ok(answer);
+        let answered = async {
+            if let Some(key) = key
+                && let Some(answer) = idempotency::claim::<R>(&tx, key).await?
+            {
+                return Ok(answer);
+            }
+            let answer = work(&tx, context).await?;
+            if let Some(key) = key {
+                idempotency::remember(&tx, key, &answer).await?;
+            }
+            Ok(answer)
         }
-        let answer = work(&tx, context).await?;
-        if let Some(key) = key {
-            idempotency::remember(&tx, key, &answer).await?;
-        }
-        tx.commit().await?;
-        outbox.notify();
-        Ok(answer)
+        .await;
+        finish(tx, outbox, answered).await
     })
     .await
+}
+
+/// Commits when `answered` is an answer, and rolls back (waiting for it)
+/// when it is an error, so the transaction's locks are gone before the
+/// caller hears of the failure.
+async fn finish<R, E: From<StorageError>>(
+    tx: WriteTx,
+    outbox: &Outbox,
+    answered: Result<R, E>,
+) -> Result<R, E> {
+    match answered {
+        Ok(answer) => {
+            tx.commit().await?;
+            outbox.notify();
+            Ok(answer)
+        }
+        Err(e) => {
+            tx.rollback().await;
+            Err(e)
+        }
+    }
 }
 
 /// Runs `work` over `context` in one write transaction with the retries of
@@ -102,10 +125,8 @@ where
 {
     retrying(|| async {
         let tx = db.begin().await?;
-        let answer = work(&tx, context).await?;
-        tx.commit().await?;
-        outbox.notify();
-        Ok(answer)
+        let answered = work(&tx, context).await;
+        finish(tx, outbox, answered).await
     })
     .await
 }

@@ -100,24 +100,38 @@ async fn write_batch(store: &Store, batch: Vec<Job>, mut committing: Committing)
     }
     let written: Result<HashMap<(String, String), Order>, CustomerError> = async {
         let tx = store.db.begin().await?;
-        let mut written = HashMap::new();
-        let shops = by_shop.len();
-        for (i, (shop, rows)) in by_shop.into_iter().enumerate() {
-            // Only the last shop's writes may reuse plans: a lookup after
-            // the switch would be planned generically (decision 0011).
-            let last = i + 1 == shops;
-            for order in store
-                .write_new_orders(&tx, shop, rows, Origin::Live, last)
-                .await?
-                .orders
-            {
-                written.insert((shop.to_owned(), order.order_no.clone()), order);
+        let written = async {
+            let mut written = HashMap::new();
+            let shops = by_shop.len();
+            for (i, (shop, rows)) in by_shop.into_iter().enumerate() {
+                // Only the last shop's writes may reuse plans: a lookup after
+                // the switch would be planned generically (decision 0011).
+                let last = i + 1 == shops;
+                for order in store
+                    .write_new_orders(&tx, shop, rows, Origin::Live, last)
+                    .await?
+                    .orders
+                {
+                    written.insert((shop.to_owned(), order.order_no.clone()), order);
+                }
+            }
+            Ok::<_, CustomerError>(written)
+        }
+        .await;
+        match written {
+            Ok(written) => {
+                committing.now();
+                tx.commit().await?;
+                store.outbox.notify();
+                Ok(written)
+            }
+            Err(e) => {
+                // Rolled back before its orders go one by one: they would
+                // wait on this batch's buyers until the rollback was sent.
+                tx.rollback().await;
+                Err(e)
             }
         }
-        committing.now();
-        tx.commit().await?;
-        store.outbox.notify();
-        Ok(written)
     }
     .await;
     let mut written = match written {

@@ -13,7 +13,7 @@
 //! the transactional path, which decides afresh (decision 0015).
 
 use huitou_proto::events::v1::EventEnvelope;
-use huitou_storage::{Database, StorageError, outbox};
+use huitou_storage::{Database, StorageError, WriteTx, outbox};
 use sea_orm::Value;
 use sea_orm::sea_query::ArrayType;
 use tokio::sync::{mpsc, oneshot};
@@ -155,6 +155,22 @@ async fn write_batch(db: &Database, batch: Vec<Job>) {
 /// Writes `jobs` in one transaction; which of them were redeemed.
 async fn write_together(db: &Database, jobs: &[Job]) -> Result<Vec<bool>, StorageError> {
     let tx = db.begin().await?;
+    match redeem_in(&tx, db, jobs).await {
+        Ok(redeemed) => {
+            tx.commit().await?;
+            Ok(redeemed)
+        }
+        Err(e) => {
+            // Rolled back before the callers decide afresh, one by one:
+            // they would wait on these coupons' rows until it was sent.
+            tx.rollback().await;
+            Err(e)
+        }
+    }
+}
+
+/// [`write_together`]'s statements inside its transaction.
+async fn redeem_in(tx: &WriteTx, db: &Database, jobs: &[Job]) -> Result<Vec<bool>, StorageError> {
     let mut redeemed = vec![false; jobs.len()];
     if db.is_postgres() {
         let column = |f: &dyn Fn(&Redemption) -> Value, kind: ArrayType| {
@@ -194,8 +210,7 @@ async fn write_together(db: &Database, jobs: &[Job]) -> Result<Vec<bool>, Storag
         .map(|(job, _)| job.redemption.event.clone())
         .collect();
     if !events.is_empty() {
-        outbox::append_many(&tx, events).await?;
+        outbox::append_many(tx, events).await?;
     }
-    tx.commit().await?;
     Ok(redeemed)
 }
