@@ -1003,3 +1003,105 @@ async fn a_birthday_or_an_erasure_before_the_customers_creation_is_kept() {
     assert_eq!(member.buyer_nick, "erased:gone");
     suite.stop().await;
 }
+
+/// Deliveries from several producers (and replicas of one) reach loyalty
+/// at once. Two that meet the same members in opposite orders, or a
+/// refund that would lock its order before its member while a payment of
+/// the same member holds the member, must not deadlock (decision 0014).
+#[tokio::test]
+async fn deliveries_that_meet_the_same_members_in_opposite_orders_do_not_deadlock() {
+    use huitou_proto::events::v1::event_envelope::Payload;
+    use huitou_proto::events::v1::{
+        CustomerCreated, CustomerUpdated, OrderPaid, OrderRefunded, OrderReviewed, OrderSnapshot,
+    };
+
+    let suite = TestSuite::start("loyalty-lock-order").await;
+    let inbox = Inbox::of(&suite, "loyalty");
+    let snapshot = |customer: &str, order: &str, refunded: i64| OrderSnapshot {
+        order_id: format!("id-{customer}-{order}"),
+        order_no: format!("{customer}-{order}"),
+        customer_id: customer.into(),
+        status: if refunded > 0 { "REFUNDED" } else { "PAID" }.into(),
+        payable_fen: 10_000,
+        goods_fen: 10_000,
+        refunded_fen: refunded,
+        pay_time: Some(ago(60)),
+        ..Default::default()
+    };
+    for round in 0..huitou_tests::race_rounds(10) {
+        let members: Vec<String> = (0..40).map(|i| format!("m-{round}-{i:02}")).collect();
+        // Each member exists and has a paid order X.
+        let mut setup = Vec::new();
+        for m in &members {
+            setup.push(inbox.envelope(Payload::CustomerCreated(CustomerCreated {
+                customer_id: m.clone(),
+                buyer_nick: format!("nick-{m}"),
+            })));
+            setup.push(inbox.envelope(Payload::OrderPaid(OrderPaid {
+                order: Some(snapshot(m, "X", 0)),
+            })));
+        }
+        assert_eq!(inbox.deliver(setup).await.applied_count, 80);
+
+        // Payments meet the members in one order, profile changes in the
+        // other.
+        let paid: Vec<_> = members
+            .iter()
+            .map(|m| {
+                inbox.envelope(Payload::OrderPaid(OrderPaid {
+                    order: Some(snapshot(m, "Y", 0)),
+                }))
+            })
+            .collect();
+        let updated: Vec<_> = members
+            .iter()
+            .rev()
+            .map(|m| {
+                inbox.envelope(Payload::CustomerUpdated(CustomerUpdated {
+                    customer_id: m.clone(),
+                    birthday_month: 5,
+                    ..Default::default()
+                }))
+            })
+            .collect();
+        let (a, b) = tokio::join!(inbox.deliver(paid), inbox.deliver(updated));
+        assert_eq!(
+            (a.applied_count, b.applied_count),
+            (40, 40),
+            "round {round}"
+        );
+
+        // A review of X beside a payment of Z and a refund of X for the
+        // same members: the refund's delivery holds each member when it
+        // reaches X.
+        let reviews: Vec<_> = members
+            .iter()
+            .map(|m| {
+                inbox.envelope(Payload::OrderReviewed(OrderReviewed {
+                    order: Some(snapshot(m, "X", 0)),
+                    rating: "GOOD".into(),
+                    text_length: 10,
+                }))
+            })
+            .collect();
+        let mut refunds = Vec::new();
+        for m in &members {
+            refunds.push(inbox.envelope(Payload::OrderPaid(OrderPaid {
+                order: Some(snapshot(m, "Z", 0)),
+            })));
+            refunds.push(inbox.envelope(Payload::OrderRefunded(OrderRefunded {
+                order: Some(snapshot(m, "X", 5_000)),
+                refund_no: "R1".into(),
+                amount_fen: 5_000,
+                ..Default::default()
+            })));
+        }
+        let (a, b) = tokio::join!(inbox.deliver(reviews), inbox.deliver(refunds));
+        assert_eq!(
+            (a.applied_count, b.applied_count),
+            (40, 80),
+            "round {round}"
+        );
+    }
+    suite.stop().await;
+}

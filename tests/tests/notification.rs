@@ -1215,3 +1215,71 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
     assert_eq!(err.code(), Code::NotFound);
     suite.stop().await;
 }
+
+/// The customer service's replicas deliver at once; two deliveries that
+/// change the same customers, or settle the same orders, in opposite orders
+/// must not deadlock (decision 0014).
+#[tokio::test]
+async fn deliveries_that_meet_the_same_customers_in_opposite_orders_do_not_deadlock() {
+    use huitou_proto::events::v1::event_envelope::Payload;
+    use huitou_proto::events::v1::{
+        CustomerCreated, CustomerUpdated, OrderPaid, OrderReceived, OrderSnapshot,
+    };
+    let (suite, _sink) = start("notify-lock-order").await;
+    let inbox = huitou_tests::Inbox::of(&suite, "notification");
+    for round in 0..huitou_tests::race_rounds(10) {
+        let customers: Vec<String> = (0..40).map(|i| format!("c-{round}-{i:02}")).collect();
+        let created: Vec<_> = customers
+            .iter()
+            .map(|c| {
+                inbox.envelope(Payload::CustomerCreated(CustomerCreated {
+                    customer_id: c.clone(),
+                    buyer_nick: format!("nick-{c}"),
+                }))
+            })
+            .collect();
+        assert_eq!(inbox.deliver(created).await.applied_count, 40);
+        let profile = |c: &String, channels: &[&str]| {
+            inbox.envelope(Payload::CustomerUpdated(CustomerUpdated {
+                customer_id: c.clone(),
+                changed_fields: vec!["consent.sms".into()],
+                consented_channels: channels.iter().map(|s| (*s).to_owned()).collect(),
+                ..Default::default()
+            }))
+        };
+        let order = |c: &String| OrderSnapshot {
+            order_id: format!("id-{c}"),
+            order_no: format!("no-{c}"),
+            customer_id: c.clone(),
+            status: "PAID".into(),
+            payable_fen: 100,
+            goods_fen: 100,
+            pay_time: Some(ago(5)),
+            ..Default::default()
+        };
+        // One delivery pays each customer's order and then changes the
+        // customer; the other changes the customers in the opposite order
+        // and then reports the orders received, also in opposite order.
+        let mut one = Vec::new();
+        for c in &customers {
+            one.push(inbox.envelope(Payload::OrderPaid(OrderPaid {
+                order: Some(order(c)),
+            })));
+            one.push(profile(c, &["sms"]));
+        }
+        let mut other = Vec::new();
+        for c in customers.iter().rev() {
+            other.push(profile(c, &[]));
+            other.push(inbox.envelope(Payload::OrderReceived(OrderReceived {
+                order: Some(order(c)),
+            })));
+        }
+        let (a, b) = tokio::join!(inbox.deliver(one), inbox.deliver(other));
+        assert_eq!(
+            (a.applied_count, b.applied_count),
+            (80, 80),
+            "round {round}"
+        );
+    }
+    suite.stop().await;
+}

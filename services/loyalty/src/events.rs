@@ -125,6 +125,24 @@ impl LoyaltyEvents {
 /// order, or a historic order imported paid (history counts towards tiers
 /// but earns no points: a shop moving its members' points over adjusts
 /// them explicitly).
+/// The customer whose member an event changes ("" for none).
+fn member_of(event: &EventEnvelope) -> &str {
+    fn order(o: &Option<huitou_proto::events::v1::OrderSnapshot>) -> &str {
+        o.as_ref().map_or("", |o| o.customer_id.as_str())
+    }
+    match &event.payload {
+        Some(Payload::CustomerCreated(c)) => &c.customer_id,
+        Some(Payload::CustomerUpdated(c)) => &c.customer_id,
+        Some(Payload::CustomerErased(c)) => &c.customer_id,
+        Some(Payload::OrderPaid(p)) => order(&p.order),
+        Some(Payload::OrderImported(p)) => order(&p.order),
+        Some(Payload::OrderRefunded(p)) => order(&p.order),
+        Some(Payload::OrderReviewed(p)) => order(&p.order),
+        Some(Payload::CouponExchangeRefused(r)) => &r.customer_id,
+        _ => "",
+    }
+}
+
 /// How the customer service renames an erased customer's nick.
 const ERASED_NICK_PREFIX: &str = "erased:";
 
@@ -181,10 +199,10 @@ impl LoyaltyEvents {
     async fn apply_events(
         &self,
         tx: &WriteTx,
-        events: &[EventEnvelope],
+        events: &[&EventEnvelope],
     ) -> Result<(), LoyaltyError> {
         let mut run: Vec<&EventEnvelope> = Vec::new();
-        for e in events {
+        for &e in events {
             if arrival(e, 0).is_some() {
                 run.push(e);
                 continue;
@@ -198,12 +216,24 @@ impl LoyaltyEvents {
 }
 
 impl EventHandler for LoyaltyEvents {
+    /// Applies a delivery member by member, in (shop, customer) order:
+    /// deliveries come from several producers (and from several replicas
+    /// of one), and two that met the same members in opposite orders would
+    /// each hold a member the other waits for (decision 0014). The sort is
+    /// stable, so each member's events keep the order they came in; events
+    /// of different members change different rows.
     fn apply_batch<'a>(
         &'a self,
         tx: &'a WriteTx,
         events: &'a [EventEnvelope],
     ) -> BoxFuture<'a, Result<(), Failure>> {
-        Box::pin(async move { self.apply_events(tx, events).await.map_err(Failure::from) })
+        Box::pin(async move {
+            let mut ordered: Vec<&EventEnvelope> = events.iter().collect();
+            ordered.sort_by(|a, b| {
+                (a.shop_id.as_str(), member_of(a)).cmp(&(b.shop_id.as_str(), member_of(b)))
+            });
+            self.apply_events(tx, &ordered).await.map_err(Failure::from)
+        })
     }
 
     fn consumer(&self) -> &'static str {

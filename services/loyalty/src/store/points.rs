@@ -68,6 +68,24 @@ impl Store {
     /// the change's snapshot, as the order stood when paid: the change then
     /// meets what it changes, and the late event finds the order known and
     /// changes nothing. `None` for an order never paid.
+    /// Locks the member before any of its orders' rows, as a paid order
+    /// does: a refund or review that locked the order first could wait for
+    /// the member while a delivery holding the member waits for the order
+    /// (decision 0014). A member not made yet is made, and locked, by the
+    /// paid order that follows.
+    async fn lock_member_first(
+        &self,
+        tx: &WriteTx,
+        shop_id: &str,
+        customer_id: &str,
+    ) -> Result<(), LoyaltyError> {
+        let key = MemberKey::Id(customer_id.to_owned());
+        match self.find_member(&**tx, shop_id, &key, true).await {
+            Ok(_) | Err(LoyaltyError::MemberNotFound) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn paid_order(
         &self,
         tx: &WriteTx,
@@ -125,6 +143,8 @@ impl Store {
         event_id: &str,
         order: &OrderSnapshot,
     ) -> Result<(), LoyaltyError> {
+        self.lock_member_first(tx, shop_id, &order.customer_id)
+            .await?;
         let Some(row) = self.paid_order(tx, shop_id, event_id, order).await? else {
             // Never paid: nothing was earned, nothing to take back.
             return Ok(());
@@ -200,6 +220,8 @@ impl Store {
         event_id: &str,
         order: &OrderSnapshot,
     ) -> Result<(), LoyaltyError> {
+        self.lock_member_first(tx, shop_id, &order.customer_id)
+            .await?;
         let Some(row) = self.paid_order(tx, shop_id, event_id, order).await? else {
             return Ok(());
         };
