@@ -391,3 +391,39 @@ async fn buyers_shared_by_batches_in_flight_keep_exact_statistics() {
     }
     suite.stop().await;
 }
+
+/// Imported text comes back exactly as sent, whatever it holds: on
+/// PostgreSQL the rows travel as COPY text, where a tab, a line break or a
+/// backslash would otherwise be read as syntax (decision 0023).
+#[tokio::test]
+async fn imported_text_comes_back_exactly_as_sent() {
+    let suite = TestSuite::start("import-text").await;
+    let mut client = suite.customers(&suite.shop.operator);
+    let title = "童装\t套装\\2件\n(含\"帽子\")\r";
+    let mut order = row(1, "T-1", "buyer\\tab", pb::OrderStatus::Paid, 1, 0);
+    order.items[0].title = title.into();
+    order.coupon_codes = vec!["C\\1".into()];
+    let done = client
+        .import_orders(tokio_stream::iter(vec![pb::ImportOrdersRequest {
+            import_id: "text".into(),
+            rows: vec![order],
+        }]))
+        .await
+        .expect("import")
+        .into_inner();
+    assert_eq!(done.rows_imported, 1, "{done:?}");
+    let back = client
+        .get_order(pb::GetOrderRequest {
+            order_no: "T-1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("order")
+        .into_inner()
+        .order
+        .expect("order");
+    assert_eq!(back.items[0].title, title);
+    assert_eq!(back.coupon_codes, vec!["C\\1".to_owned()]);
+    assert_eq!(back.buyer_nick, "buyer\\tab");
+    suite.stop().await;
+}

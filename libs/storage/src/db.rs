@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend,
-    TransactionOptions, TransactionTrait,
+    ConnectOptions, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
+    ExecResult, QueryResult, Statement, TransactionOptions, TransactionTrait,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::error::StorageError;
+pub use crate::pg_tx::PgTransaction;
 
 /// Where and how to connect.
 #[derive(Clone, Serialize, Deserialize)]
@@ -185,7 +186,13 @@ impl Database {
                 .map(|_| sea_orm::SqliteTransactionMode::Immediate),
             ..TransactionOptions::default()
         };
-        let tx = self.conn.begin_with_options(options).await?;
+        let tx = if self.is_postgres() {
+            TxConnection::Postgres(
+                PgTransaction::begin(self.conn.get_postgres_connection_pool()).await?,
+            )
+        } else {
+            TxConnection::Sea(self.conn.begin_with_options(options).await?)
+        };
         Ok(WriteTx {
             tx,
             _gate: gate,
@@ -245,9 +252,57 @@ pub(crate) fn to_sqlite_placeholders(sql: &str) -> String {
     out
 }
 
+/// A write transaction's connection: sea-orm's transaction on SQLite,
+/// sqlx's own on PostgreSQL (decision 0023). Statements go through
+/// sea-orm's [`ConnectionTrait`] either way.
+pub enum TxConnection {
+    /// SQLite, behind the write gate.
+    Sea(DatabaseTransaction),
+    /// PostgreSQL.
+    Postgres(PgTransaction),
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl ConnectionTrait for TxConnection {
+    fn get_database_backend(&self) -> DbBackend {
+        match self {
+            TxConnection::Sea(tx) => tx.get_database_backend(),
+            TxConnection::Postgres(tx) => tx.get_database_backend(),
+        }
+    }
+
+    async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
+        match self {
+            TxConnection::Sea(tx) => tx.execute_raw(stmt).await,
+            TxConnection::Postgres(tx) => tx.execute_raw(stmt).await,
+        }
+    }
+
+    async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
+        match self {
+            TxConnection::Sea(tx) => tx.execute_unprepared(sql).await,
+            TxConnection::Postgres(tx) => tx.execute_unprepared(sql).await,
+        }
+    }
+
+    async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
+        match self {
+            TxConnection::Sea(tx) => tx.query_one_raw(stmt).await,
+            TxConnection::Postgres(tx) => tx.query_one_raw(stmt).await,
+        }
+    }
+
+    async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        match self {
+            TxConnection::Sea(tx) => tx.query_all_raw(stmt).await,
+            TxConnection::Postgres(tx) => tx.query_all_raw(stmt).await,
+        }
+    }
+}
+
 /// A write transaction. Dropped without [`WriteTx::commit`], it rolls back.
 pub struct WriteTx {
-    tx: DatabaseTransaction,
+    tx: TxConnection,
     _gate: Option<OwnedMutexGuard<()>>,
     after_commit: std::sync::Mutex<Vec<AfterCommit>>,
 }
@@ -270,7 +325,10 @@ impl WriteTx {
             Ok(w) => w,
             Err(poisoned) => poisoned.into_inner(),
         };
-        tx.commit().await?;
+        match tx {
+            TxConnection::Sea(tx) => tx.commit().await?,
+            TxConnection::Postgres(tx) => tx.commit().await?,
+        }
         drop(gate);
         for w in work {
             w.await;
@@ -287,10 +345,25 @@ impl WriteTx {
         let WriteTx {
             tx, _gate: gate, ..
         } = self;
-        if let Err(e) = tx.rollback().await {
+        let rolled_back = match tx {
+            TxConnection::Sea(tx) => tx.rollback().await.map_err(StorageError::from),
+            TxConnection::Postgres(tx) => tx.rollback().await,
+        };
+        if let Err(e) = rolled_back {
             tracing::debug!(error = %e, "rollback failed; the connection is dropped");
         }
         drop(gate);
+    }
+
+    /// `statement` (a `COPY … FROM STDIN`) fed `text` in COPY's text
+    /// format, inside this transaction; rows copied. PostgreSQL only.
+    pub async fn copy_in(&self, statement: &str, text: Vec<u8>) -> Result<u64, StorageError> {
+        match &self.tx {
+            TxConnection::Postgres(tx) => Ok(tx.copy_in(statement, text).await?),
+            TxConnection::Sea(_) => Err(StorageError::Other(
+                "COPY is only written on PostgreSQL".into(),
+            )),
+        }
     }
 
     /// Schedules `work` to run after a successful commit.
@@ -340,7 +413,7 @@ impl WriteTx {
 }
 
 impl Deref for WriteTx {
-    type Target = DatabaseTransaction;
+    type Target = TxConnection;
 
     fn deref(&self) -> &Self::Target {
         &self.tx

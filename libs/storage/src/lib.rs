@@ -10,6 +10,7 @@ pub mod idempotency;
 pub mod inbox;
 pub mod migrate;
 pub mod outbox;
+mod pg_tx;
 pub mod write;
 
 pub use db::{Database, DatabaseConfig, WriteTx};

@@ -161,10 +161,10 @@ impl Store {
                 .entry(nick.clone())
                 .or_insert_with(|| (CustomerRecord::new(shop_id, nick), true));
         }
-        // The orders. A number recorded before (or by a transaction
-        // committing now) is skipped by the insert itself, so no batch looks
-        // numbers up or fails on one. An import asks which rows went in, as
-        // resuming re-sends rows already recorded. Orders recorded live are
+        // The orders. No batch looks numbers up first. An import copies its
+        // orders in (COPY, on PostgreSQL); when a number was recorded before
+        // (resuming re-sends rows), the copy is undone and an insert skips
+        // the recorded numbers and says which rows went in. Orders recorded live are
         // new but for a rare retry: they are written with the buyers and
         // events in one statement below, and if any number turns out taken
         // the batch fails as a whole and its orders go one by one.
@@ -192,7 +192,12 @@ impl Store {
                 order_rows,
                 "ON CONFLICT (shop_id, order_no) DO NOTHING",
             );
-        } else {
+        } else if bulk::copy_new(tx, "orders", &ORDER_COLUMN_TYPES, &order_rows)
+            .await?
+            .is_none()
+        {
+            // Some number was recorded before (a resumed import sends rows
+            // again): the insert skips those and says which went in.
             let mut inserted: HashSet<String> = HashSet::with_capacity(fresh.len());
             for row in bulk::insert_returning(
                 tx,
