@@ -427,3 +427,84 @@ async fn imported_text_comes_back_exactly_as_sent() {
     assert_eq!(back.buyer_nick, "buyer\\tab");
     suite.stop().await;
 }
+
+/// A batch whose transaction loses a race (PostgreSQL reports a
+/// serialization failure) is written again, whole, from the message it
+/// came in: every row once, the buyers' statistics exact.
+#[tokio::test]
+async fn a_batch_that_loses_a_race_is_written_whole_on_its_retry() {
+    use pb::OrderStatus::Paid;
+    use sea_orm::ConnectionTrait;
+    let suite = TestSuite::start("import-retry").await;
+    let mut client = suite.customers(&suite.shop.operator);
+    if suite.database.kind == "postgres" {
+        let db = huitou_storage::Database::connect(&suite.database.config)
+            .await
+            .expect("db");
+        // A sequence is not rolled back: only the first attempt loses.
+        for sql in [
+            "CREATE SEQUENCE lose_once",
+            "CREATE FUNCTION lose_once() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF NEW.order_no = 'R-6' AND nextval('lose_once') = 1 THEN
+                 RAISE EXCEPTION 'lost a race' USING ERRCODE = 'serialization_failure';
+               END IF;
+               RETURN NEW;
+             END $$",
+            "CREATE TRIGGER lose_once BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION lose_once()",
+        ] {
+            db.conn().execute_unprepared(sql).await.expect("trigger");
+        }
+        db.close().await;
+    }
+    // Two messages; the second holds the row that loses once, and a row
+    // refused by validation, which stays refused on the retry.
+    let second: Vec<pb::ImportedOrder> = [4, 5, 6, 7]
+        .into_iter()
+        .map(|n| {
+            let order_no = if n == 5 {
+                String::new()
+            } else {
+                format!("R-{n}")
+            };
+            row(n, &order_no, &format!("buyer-{}", n % 2), Paid, 1, 0)
+        })
+        .collect();
+    let messages = vec![
+        pb::ImportOrdersRequest {
+            import_id: "retry".into(),
+            rows: (1..=3)
+                .map(|n| {
+                    row(
+                        n,
+                        &format!("R-{n}"),
+                        &format!("buyer-{}", n % 2),
+                        Paid,
+                        1,
+                        0,
+                    )
+                })
+                .collect(),
+        },
+        pb::ImportOrdersRequest {
+            import_id: "retry".into(),
+            rows: second,
+        },
+    ];
+    let done = client
+        .import_orders(tokio_stream::iter(messages))
+        .await
+        .expect("import")
+        .into_inner();
+    assert_eq!(
+        (done.rows_imported, done.rows_skipped, done.rows_rejected),
+        (6, 0, 1),
+        "{done:?}"
+    );
+    for (nick, orders) in [("buyer-0", 3), ("buyer-1", 3)] {
+        let stats = stats_of(&mut client, nick).await;
+        assert_eq!(stats.order_count, orders, "{nick}");
+        assert_eq!(stats.spent_fen, orders * 1_000, "{nick}");
+    }
+    suite.stop().await;
+}

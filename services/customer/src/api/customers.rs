@@ -1022,8 +1022,11 @@ impl CustomerService for CustomerApi {
                 v.finish()?;
                 response.import_id = message.import_id.clone();
                 let mut valid = Vec::with_capacity(message.rows.len());
+                // Which of the message's rows are valid, to convert them
+                // again should the batch's transaction be retried.
+                let mut valid_at = Vec::with_capacity(message.rows.len());
                 let mut rejected = 0i64;
-                for row in &message.rows {
+                for (at, row) in message.rows.iter().enumerate() {
                     response.rows_received += 1;
                     if row.row_number <= last_row {
                         rejected += 1;
@@ -1037,7 +1040,10 @@ impl CustomerService for CustomerApi {
                     }
                     last_row = row.row_number;
                     match convert::import_row(row) {
-                        Ok(r) => valid.push(r),
+                        Ok(r) => {
+                            valid.push(r);
+                            valid_at.push(at);
+                        }
                         Err(problems) => {
                             rejected += 1;
                             for (field, reason) in problems {
@@ -1079,13 +1085,27 @@ impl CustomerService for CustomerApi {
                     message.import_id.clone(),
                 );
                 let batch_last = last_row;
+                // The first attempt takes the rows as converted; a retry
+                // (a lost race) converts them again from the message rather
+                // than every attempt copying a thousand rows in advance.
+                let first_attempt = std::sync::Mutex::new(Some(valid));
+                let source = message.rows;
                 let task = tokio::spawn(async move {
                     let written = store
                         .write(None, move |tx, store| {
-                            let (shop, import_id, rows, earlier, after_earlier) = (
+                            let rows = first_attempt
+                                .lock()
+                                .ok()
+                                .and_then(|mut rows| rows.take())
+                                .unwrap_or_else(|| {
+                                    valid_at
+                                        .iter()
+                                        .filter_map(|&at| convert::import_row(&source[at]).ok())
+                                        .collect()
+                                });
+                            let (shop, import_id, earlier, after_earlier) = (
                                 shop.clone(),
                                 import_id.clone(),
-                                valid.clone(),
                                 earlier.clone(),
                                 after_earlier.clone(),
                             );
