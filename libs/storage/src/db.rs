@@ -180,17 +180,17 @@ impl Database {
             Some(gate) => Some(gate.clone().lock_owned().await),
             None => None,
         };
-        let options = TransactionOptions {
-            sqlite_transaction_mode: gate
-                .as_ref()
-                .map(|_| sea_orm::SqliteTransactionMode::Immediate),
-            ..TransactionOptions::default()
-        };
         let tx = if self.is_postgres() {
             TxConnection::Postgres(
                 PgTransaction::begin(self.conn.get_postgres_connection_pool()).await?,
             )
         } else {
+            let options = TransactionOptions {
+                sqlite_transaction_mode: gate
+                    .as_ref()
+                    .map(|_| sea_orm::SqliteTransactionMode::Immediate),
+                ..TransactionOptions::default()
+            };
             TxConnection::Sea(self.conn.begin_with_options(options).await?)
         };
         Ok(WriteTx {
@@ -353,6 +353,22 @@ impl WriteTx {
             tracing::debug!(error = %e, "rollback failed; the connection is dropped");
         }
         drop(gate);
+    }
+
+    /// Ends the transaction by `outcome`: commits when it is `Ok`, rolls
+    /// back (waiting for it) when it is an error, so the transaction's rows
+    /// are free before the caller hears of the failure.
+    pub async fn finish<R, E: From<StorageError>>(self, outcome: Result<R, E>) -> Result<R, E> {
+        match outcome {
+            Ok(answer) => {
+                self.commit().await?;
+                Ok(answer)
+            }
+            Err(e) => {
+                self.rollback().await;
+                Err(e)
+            }
+        }
     }
 
     /// `statement` (a `COPY … FROM STDIN`) fed `text` in COPY's text

@@ -89,25 +89,16 @@ where
     .await
 }
 
-/// Commits when `answered` is an answer, and rolls back (waiting for it)
-/// when it is an error, so the transaction's locks are gone before the
-/// caller hears of the failure.
+/// Ends the transaction by `answered` ([`WriteTx::finish`]) and wakes the
+/// relay after a commit.
 async fn finish<R, E: From<StorageError>>(
     tx: WriteTx,
     outbox: &Outbox,
     answered: Result<R, E>,
 ) -> Result<R, E> {
-    match answered {
-        Ok(answer) => {
-            tx.commit().await?;
-            outbox.notify();
-            Ok(answer)
-        }
-        Err(e) => {
-            tx.rollback().await;
-            Err(e)
-        }
-    }
+    let answer = tx.finish(answered).await?;
+    outbox.notify();
+    Ok(answer)
 }
 
 /// Runs `work` over `context` in one write transaction with the retries of

@@ -8,7 +8,7 @@ use huitou_proto::events::v1::EventEnvelope;
 use huitou_proto::events::v1::event_envelope::Payload;
 use huitou_runtime::Failure;
 use huitou_runtime::auth::BoxFuture;
-use huitou_storage::inbox::EventHandler;
+use huitou_storage::inbox::{EventHandler, LockKey};
 use huitou_storage::{WriteTx, now_micros};
 
 use crate::error::CouponError;
@@ -296,27 +296,14 @@ impl EventHandler for CouponEvents {
         Box::pin(async move { self.apply_event(tx, event).await.map_err(Failure::from) })
     }
 
-    /// Applies a delivery buyer by buyer, in customer id order: deliveries
-    /// from different producers (orders from the customer service, tiers
-    /// from loyalty) that meet the same buyers then lock their rows in the
-    /// same order instead of deadlocking. The sort is stable, so each
-    /// buyer's events keep the order they came in; events of different
-    /// buyers change different rows.
-    fn apply_batch<'a>(
-        &'a self,
-        tx: &'a WriteTx,
-        events: &'a [EventEnvelope],
-    ) -> BoxFuture<'a, Result<(), Failure>> {
-        Box::pin(async move {
-            let mut ordered: Vec<&EventEnvelope> = events.iter().collect();
-            ordered.sort_by(|a, b| {
-                (a.shop_id.as_str(), buyer_of(a)).cmp(&(b.shop_id.as_str(), buyer_of(b)))
-            });
-            for event in ordered {
-                self.apply_event(tx, event).await.map_err(Failure::from)?;
-            }
-            Ok(())
-        })
+    /// A delivery is applied buyer by buyer, in customer id order:
+    /// deliveries from different producers (orders from the customer
+    /// service, tiers from loyalty) that meet the same buyers then lock
+    /// their rows in the same order instead of deadlocking. Each buyer's
+    /// events keep the order they came in; events of different buyers
+    /// change different rows.
+    fn lock_key<'e>(&self, event: &'e EventEnvelope) -> LockKey<'e> {
+        (0, buyer_of(event))
     }
 }
 

@@ -118,20 +118,14 @@ async fn write_batch(store: &Store, batch: Vec<Job>, mut committing: Committing)
             Ok::<_, CustomerError>(written)
         }
         .await;
-        match written {
-            Ok(written) => {
-                committing.now();
-                tx.commit().await?;
-                store.outbox.notify();
-                Ok(written)
-            }
-            Err(e) => {
-                // Rolled back before its orders go one by one: they would
-                // wait on this batch's buyers until the rollback was sent.
-                tx.rollback().await;
-                Err(e)
-            }
+        if written.is_ok() {
+            committing.now();
         }
+        // A failed batch is rolled back before its orders go one by one:
+        // they would otherwise wait on its buyers.
+        let written = tx.finish(written).await?;
+        store.outbox.notify();
+        Ok(written)
     }
     .await;
     let mut written = match written {

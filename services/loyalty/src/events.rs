@@ -7,7 +7,7 @@ use huitou_proto::events::v1::event_envelope::Payload;
 use huitou_runtime::Failure;
 use huitou_runtime::auth::BoxFuture;
 use huitou_storage::WriteTx;
-use huitou_storage::inbox::EventHandler;
+use huitou_storage::inbox::{EventHandler, LockKey, in_lock_order};
 
 use crate::error::LoyaltyError;
 use crate::store::Store;
@@ -216,23 +216,25 @@ impl LoyaltyEvents {
 }
 
 impl EventHandler for LoyaltyEvents {
-    /// Applies a delivery member by member, in (shop, customer) order:
-    /// deliveries come from several producers (and from several replicas
-    /// of one), and two that met the same members in opposite orders would
-    /// each hold a member the other waits for (decision 0014). The sort is
-    /// stable, so each member's events keep the order they came in; events
-    /// of different members change different rows.
+    /// A delivery is applied member by member, in customer order (decision
+    /// 0014): two that met the same members in opposite orders would each
+    /// hold a member the other waits for. Each member's events keep the
+    /// order they came in; events of different members change different
+    /// rows.
+    fn lock_key<'e>(&self, event: &'e EventEnvelope) -> LockKey<'e> {
+        (0, member_of(event))
+    }
+
+    /// Runs of arrivals are written together, in the lock order.
     fn apply_batch<'a>(
         &'a self,
         tx: &'a WriteTx,
         events: &'a [EventEnvelope],
     ) -> BoxFuture<'a, Result<(), Failure>> {
         Box::pin(async move {
-            let mut ordered: Vec<&EventEnvelope> = events.iter().collect();
-            ordered.sort_by(|a, b| {
-                (a.shop_id.as_str(), member_of(a)).cmp(&(b.shop_id.as_str(), member_of(b)))
-            });
-            self.apply_events(tx, &ordered).await.map_err(Failure::from)
+            self.apply_events(tx, &in_lock_order(self, events))
+                .await
+                .map_err(Failure::from)
         })
     }
 

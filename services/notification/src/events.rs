@@ -13,7 +13,7 @@ use huitou_proto::notification::v1 as pb;
 use huitou_runtime::Failure;
 use huitou_runtime::auth::BoxFuture;
 use huitou_storage::WriteTx;
-use huitou_storage::inbox::EventHandler;
+use huitou_storage::inbox::{EventHandler, LockKey};
 
 use crate::error::NotificationError;
 use crate::store::Store;
@@ -335,33 +335,17 @@ impl EventHandler for NotificationEvents {
         crate::SERVICE
     }
 
-    /// Applies a delivery in one lock order (decision 0014): shop by shop,
-    /// first the order events by order number (they lock the orders'
-    /// messages and marks), then the customer events by customer (they
-    /// lock recipients). Deliveries from several producers, or from
-    /// several replicas of one, meet the same rows at once; in arrival
-    /// order two of them could each hold a row the other waits for. Orders
-    /// before recipients is also the dispatcher's order (it claims
-    /// messages, then locks their recipients). The sort is stable, so each
-    /// order's and each customer's events keep the order they came in. A
-    /// profile change applied after an order event of the same delivery
-    /// changes nothing that is sent: consent and erasure are checked again,
-    /// under lock, when a message is sent.
-    fn apply_batch<'a>(
-        &'a self,
-        tx: &'a WriteTx,
-        events: &'a [EventEnvelope],
-    ) -> BoxFuture<'a, Result<(), Failure>> {
-        Box::pin(async move {
-            let mut ordered: Vec<&EventEnvelope> = events.iter().collect();
-            ordered.sort_by(|a, b| {
-                (a.shop_id.as_str(), lock_order(a)).cmp(&(b.shop_id.as_str(), lock_order(b)))
-            });
-            for event in ordered {
-                self.apply_event(tx, event).await.map_err(Failure::from)?;
-            }
-            Ok(())
-        })
+    /// A delivery is applied in one lock order (decision 0014): first the
+    /// order events by order number (they lock the orders' messages and
+    /// marks), then the customer events by customer (they lock
+    /// recipients). Orders before recipients is also the dispatcher's order
+    /// (it claims messages, then locks their recipients). Each order's and
+    /// each customer's events keep the order they came in. A profile change
+    /// applied after an order event of the same delivery changes nothing
+    /// that is sent: consent and erasure are checked again, under lock,
+    /// when a message is sent.
+    fn lock_key<'e>(&self, event: &'e EventEnvelope) -> LockKey<'e> {
+        lock_order(event)
     }
 
     fn apply<'a>(

@@ -155,18 +155,10 @@ async fn write_batch(db: &Database, batch: Vec<Job>) {
 /// Writes `jobs` in one transaction; which of them were redeemed.
 async fn write_together(db: &Database, jobs: &[Job]) -> Result<Vec<bool>, StorageError> {
     let tx = db.begin().await?;
-    match redeem_in(&tx, db, jobs).await {
-        Ok(redeemed) => {
-            tx.commit().await?;
-            Ok(redeemed)
-        }
-        Err(e) => {
-            // Rolled back before the callers decide afresh, one by one:
-            // they would wait on these coupons' rows until it was sent.
-            tx.rollback().await;
-            Err(e)
-        }
-    }
+    // A failure is rolled back before the callers decide afresh, one by
+    // one: they would otherwise wait on these coupons' rows.
+    let redeemed = redeem_in(&tx, db, jobs).await;
+    tx.finish(redeemed).await
 }
 
 /// [`write_together`]'s statements inside its transaction.
